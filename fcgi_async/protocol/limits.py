@@ -1,0 +1,63 @@
+"""Every bound the protocol layer enforces, each a named constant with its reason.
+
+The server's :class:`fcgi_async.config.Config` carries a :class:`Limits`; each field is also a
+command-line flag and an ``FCGI_ASYNC_*`` environment variable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+#: Total bytes of the PARAMS stream of one request. nginx refuses to send more than 64 KiB
+#: (one record); Apache splits larger sets over 16 KiB records. 256 KiB leaves room for huge
+#: cookies without letting one request pin megabytes of memory before the app even runs.
+DEFAULT_MAX_PARAMS_BYTES: Final = 256 * 1024
+
+#: Name-value pairs in one PARAMS stream. A real web server sends ~20 plus one per header;
+#: browsers send fewer than 100 headers. Bounds per-request dict size.
+DEFAULT_MAX_PARAMS_PAIRS: Final = 1000
+
+#: Concurrent requests on one connection (advertised as part of FCGI_MAX_REQS). nginx, Apache
+#: and lighttpd use one; this only matters for multiplexing clients such as ours.
+DEFAULT_MAX_REQUESTS_PER_CONNECTION: Final = 100
+
+#: Connections one process holds at once (advertised as FCGI_MAX_CONNS). Each idle keep-alive
+#: connection costs a few KiB; 1024 also stays under the common `ulimit -n` of 1024 + listeners.
+DEFAULT_MAX_CONNECTIONS: Final = 1000
+
+#: Request body bytes buffered per connection before reading from it pauses; reading resumes
+#: below half of it. Bounds memory when an app reads its upload slower than nginx sends it.
+DEFAULT_MAX_BODY_BUFFER_BYTES: Final = 1024 * 1024
+
+#: Bytes of GET_VALUES content we are willing to parse (a handful of names is normal).
+DEFAULT_MAX_MANAGEMENT_BYTES: Final = 4096
+
+#: Seconds an idle keep-alive connection may wait for its next request. nginx's upstream
+#: keepalive_timeout defaults to 60 s; we must outlive it so nginx closes first (no race where
+#: nginx sends a request on a connection we are closing).
+DEFAULT_KEEPALIVE_TIMEOUT_S: Final = 75.0
+
+#: Seconds a half-received record may stay incomplete before the connection is closed
+#: (slowloris). Web servers send whole records in one write; 30 s forgives slow links.
+DEFAULT_RECORD_TIMEOUT_S: Final = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds for one connection's protocol state. See the module constants for the reasons."""
+
+    max_params_bytes: int = DEFAULT_MAX_PARAMS_BYTES
+    max_params_pairs: int = DEFAULT_MAX_PARAMS_PAIRS
+    max_requests_per_connection: int = DEFAULT_MAX_REQUESTS_PER_CONNECTION
+    max_management_bytes: int = DEFAULT_MAX_MANAGEMENT_BYTES
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_params_bytes",
+            "max_params_pairs",
+            "max_requests_per_connection",
+            "max_management_bytes",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

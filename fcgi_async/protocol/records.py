@@ -1,0 +1,159 @@
+"""Record framing and name-value pairs (spec §3.3, §3.4).
+
+Theory of operation: a record is an 8-byte header, ``contentLength`` bytes of content and
+``paddingLength`` bytes of padding. Output is padded to a multiple of 8 (the spec's
+recommendation, and what nginx and php-fpm do) and split at 65535 bytes per record; large
+payloads are sliced with ``memoryview`` rather than copied. Input lengths are never trusted:
+every decode checks bounds first and raises :class:`RemoteProtocolError` on a short or
+oversized pair, never ``IndexError`` or ``struct.error``.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Mapping
+from typing import Final
+
+from .constants import (
+    BEGIN_REQUEST,
+    END_REQUEST,
+    FCGI_VERSION_1,
+    MAX_CONTENT_LENGTH,
+    UNKNOWN_TYPE,
+)
+from .errors import LocalProtocolError, RemoteProtocolError
+
+#: version, type, requestId, contentLength, paddingLength, reserved (spec §3.3).
+HEADER: Final = struct.Struct(">BBHHBx")
+#: role, flags, 5 reserved bytes (spec §5.1).
+BEGIN_BODY: Final = struct.Struct(">HB5x")
+#: appStatus, protocolStatus, 3 reserved bytes (spec §5.5).
+END_BODY: Final = struct.Struct(">IB3x")
+_LEN4: Final = struct.Struct(">I")
+
+#: Payloads up to this size are copied into one ``bytes`` with their header (one buffer per
+#: record beats a list for small writes); larger ones are passed on as memoryview slices.
+_JOIN_BELOW: Final = 16 * 1024
+
+_PADDING: Final = tuple(b"\x00" * n for n in range(8))
+
+Buffers = list[bytes | memoryview]
+"""What the encoders return: buffers for ``transport.writelines``, in order."""
+
+
+def pack_header(rtype: int, request_id: int, content_length: int, padding_length: int = 0) -> bytes:
+    """Return one record header. Raises LocalProtocolError for out-of-range fields."""
+    if not 0 <= content_length <= MAX_CONTENT_LENGTH:
+        raise LocalProtocolError(f"content length {content_length} out of range")
+    if not 0 <= request_id <= 0xFFFF:
+        raise LocalProtocolError(f"request id {request_id} out of range")
+    return HEADER.pack(FCGI_VERSION_1, rtype, request_id, content_length, padding_length)
+
+
+def encode_record(rtype: int, request_id: int, content: bytes = b"") -> bytes:
+    """Return one whole padded record holding ``content`` (at most 65535 bytes)."""
+    n = len(content)
+    pad = -n & 7
+    return pack_header(rtype, request_id, n, pad) + content + _PADDING[pad]
+
+
+def encode_stream(rtype: int, request_id: int, data: bytes | memoryview) -> Buffers:
+    """Frame ``data`` as records of one stream type, split at 65535 bytes, padded to 8.
+
+    An empty ``data`` yields no records: the stream's closing empty record is written
+    explicitly with :func:`encode_record`, because an empty record *ends* a stream (spec §3.3).
+    """
+    n = len(data)
+    if n == 0:
+        return []
+    if n < _JOIN_BELOW:
+        pad = -n & 7
+        return [
+            HEADER.pack(FCGI_VERSION_1, rtype, request_id, n, pad) + bytes(data) + _PADDING[pad]
+        ]
+    view = memoryview(data)
+    out: Buffers = []
+    # 65528 = largest multiple of 8 under 65535: full records then need no padding.
+    step = MAX_CONTENT_LENGTH & ~7
+    for start in range(0, n, step):
+        chunk = view[start : start + step]
+        size = len(chunk)
+        pad = -size & 7
+        out.append(HEADER.pack(FCGI_VERSION_1, rtype, request_id, size, pad))
+        out.append(chunk)
+        if pad:
+            out.append(_PADDING[pad])
+    return out
+
+
+def encode_begin_request(request_id: int, role: int, keep_conn: bool) -> bytes:
+    """Return a BEGIN_REQUEST record (spec §5.1)."""
+    return encode_record(BEGIN_REQUEST, request_id, BEGIN_BODY.pack(role, 1 if keep_conn else 0))
+
+
+def encode_end_request(request_id: int, app_status: int, protocol_status: int) -> bytes:
+    """Return an END_REQUEST record (spec §5.5). app_status is masked to 32 bits."""
+    return encode_record(
+        END_REQUEST, request_id, END_BODY.pack(app_status & 0xFFFFFFFF, protocol_status)
+    )
+
+
+def encode_unknown_type(rtype: int) -> bytes:
+    """Return an UNKNOWN_TYPE management record naming ``rtype`` (spec §4.2)."""
+    return encode_record(UNKNOWN_TYPE, 0, bytes((rtype & 0xFF, 0, 0, 0, 0, 0, 0, 0)))
+
+
+def _encode_length(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    if n > 0x7FFFFFFF:
+        raise LocalProtocolError(f"name or value of {n} bytes is too long for FastCGI")
+    return _LEN4.pack(n | 0x80000000)
+
+
+def encode_pairs(pairs: Mapping[bytes, bytes] | Iterable[tuple[bytes, bytes]]) -> bytes:
+    """Encode name-value pairs (spec §3.4): 1-byte lengths below 128, else 4 bytes."""
+    items = pairs.items() if isinstance(pairs, Mapping) else pairs
+    parts: list[bytes] = []
+    for name, value in items:
+        parts.append(_encode_length(len(name)))
+        parts.append(_encode_length(len(value)))
+        parts.append(name)
+        parts.append(value)
+    return b"".join(parts)
+
+
+def decode_pairs(data: bytes | bytearray, max_pairs: int) -> list[tuple[bytes, bytes]]:
+    """Decode a complete name-value stream into ``(name, value)`` pairs, in order.
+
+    Raises:
+        RemoteProtocolError: a length runs past the end of ``data``, or more than
+            ``max_pairs`` pairs are present.
+    """
+    out: list[tuple[bytes, bytes]] = []
+    pos = 0
+    end = len(data)
+    while pos < end:
+        if len(out) >= max_pairs:
+            raise RemoteProtocolError(f"more than {max_pairs} name-value pairs")
+        lengths = [0, 0]
+        for i in (0, 1):
+            if pos >= end:
+                raise RemoteProtocolError("name-value pair truncated in its lengths")
+            b = data[pos]
+            if b < 0x80:
+                lengths[i] = b
+                pos += 1
+            else:
+                if pos + 4 > end:
+                    raise RemoteProtocolError("name-value pair truncated in a 4-byte length")
+                lengths[i] = _LEN4.unpack_from(data, pos)[0] & 0x7FFFFFFF
+                pos += 4
+        nlen, vlen = lengths
+        if pos + nlen + vlen > end:
+            raise RemoteProtocolError("name-value pair longer than the stream that holds it")
+        name = bytes(data[pos : pos + nlen])
+        pos += nlen
+        out.append((name, bytes(data[pos : pos + vlen])))
+        pos += vlen
+    return out

@@ -1,0 +1,329 @@
+"""The application (server) side of one FastCGI connection, sans-IO (spec §3-§6).
+
+Theory of operation: feed received bytes with :meth:`ServerConnection.receive_data`, then call
+:meth:`ServerConnection.next_event` until it returns :data:`NEED_DATA`. Management records
+(GET_VALUES, unknown types) and BEGIN_REQUESTs that must be refused are answered by the
+connection itself; those answers wait in :meth:`ServerConnection.data_to_send`, which the I/O
+layer drains after each batch of events. The response of a request is framed by
+:meth:`send_stdout`, :meth:`send_stderr` and :meth:`end_request`, which return buffers for
+``transport.writelines``. The request id becomes free when we end the request (spec §5.5).
+
+Contract: ``next_event`` raises only :class:`RemoteProtocolError`; after it raises, the
+connection is dead and raises again. The ``send`` methods raise only
+:class:`LocalProtocolError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from ._buffer import RecordBuffer
+from ._state import TRANSITIONS, Phase
+from .constants import (
+    ABORT_REQUEST,
+    BEGIN_REQUEST,
+    DATA,
+    END_REQUEST,
+    FCGI_KEEP_CONN,
+    GET_VALUES,
+    GET_VALUES_RESULT,
+    NULL_REQUEST_ID,
+    PARAMS,
+    STDERR,
+    STDIN,
+    STDOUT,
+    UNKNOWN_TYPE,
+    ProtocolStatus,
+    Role,
+)
+from .errors import LocalProtocolError, RemoteProtocolError
+from .events import (
+    NEED_DATA,
+    DataEnded,
+    DataReceived,
+    RequestAborted,
+    RequestReceived,
+    RequestRejected,
+    ServerEvent,
+    StdinEnded,
+    StdinReceived,
+    _NeedData,
+)
+from .limits import Limits
+from .records import (
+    BEGIN_BODY,
+    HEADER,
+    Buffers,
+    decode_pairs,
+    encode_end_request,
+    encode_pairs,
+    encode_record,
+    encode_stream,
+    encode_unknown_type,
+)
+
+#: Record types only an application sends; receiving one with a request id is a broken peer.
+_WRONG_DIRECTION = frozenset({END_REQUEST, STDOUT, STDERR, GET_VALUES_RESULT, UNKNOWN_TYPE})
+_STREAM_INPUT = frozenset({PARAMS, STDIN, DATA})
+_PADDING = tuple(b"\x00" * n for n in range(8))
+
+#: Bytes that every FastCGI peer rejects as a record header (version 0): nginx answers
+#: "upstream sent unsupported FastCGI protocol version" and drops the client connection
+#: without a final chunk, which is how a response that failed after its headers is made visible.
+_POISON = b"\x00" * 8
+
+
+class _Request:
+    """Input state of one active request."""
+
+    __slots__ = ("aborted", "keep_conn", "params", "phase", "role", "stderr_used")
+
+    def __init__(self, role: Role, keep_conn: bool) -> None:
+        self.role = role
+        self.keep_conn = keep_conn
+        self.phase = Phase.PARAMS
+        self.params = bytearray()
+        self.aborted = False
+        self.stderr_used = False
+
+
+class ServerConnection:
+    """Protocol state of one connection, as seen by the application.
+
+    Args:
+        limits: the bounds to enforce on input.
+        roles: the roles this application serves; others are refused with UNKNOWN_ROLE.
+        multiplex: serve several requests at once on this connection (FCGI_MPXS_CONNS=1).
+            When false, a second BEGIN_REQUEST while one runs is refused with CANT_MPX_CONN.
+        management_values: the values GET_VALUES answers with (FCGI_MAX_CONNS, FCGI_MAX_REQS,
+            FCGI_MPXS_CONNS), as the running configuration makes them true.
+    """
+
+    __slots__ = (
+        "_buffer",
+        "_dead",
+        "_limits",
+        "_multiplex",
+        "_outgoing",
+        "_requests",
+        "_roles",
+        "_values",
+        "accepting",
+        "close_requested",
+    )
+
+    def __init__(
+        self,
+        *,
+        limits: Limits | None = None,
+        roles: Iterable[Role] = (Role.RESPONDER, Role.AUTHORIZER, Role.FILTER),
+        multiplex: bool = True,
+        management_values: Mapping[bytes, bytes] | None = None,
+    ) -> None:
+        self._limits = limits or Limits()
+        self._roles = frozenset(int(r) for r in roles)
+        self._multiplex = multiplex
+        self._values = dict(management_values or {})
+        self._buffer = RecordBuffer()
+        self._requests: dict[int, _Request] = {}
+        self._outgoing: list[bytes] = []
+        self._dead = False
+        #: Set to False to refuse new requests with OVERLOADED (graceful shutdown).
+        self.accepting = True
+        #: True once a request without FCGI_KEEP_CONN was answered: close when idle (spec §5.1).
+        self.close_requested = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<ServerConnection active={sorted(self._requests)} pending={self._buffer.pending}"
+            f" close_requested={self.close_requested}>"
+        )
+
+    # ----------------------------------------------------------------------------- input
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Buffer bytes received from the peer; events come out of :meth:`next_event`."""
+        self._buffer.feed(data)
+
+    @property
+    def has_partial_record(self) -> bool:
+        """True when received bytes wait for the rest of their record (slowloris timer)."""
+        return self._buffer.pending > 0
+
+    @property
+    def active_requests(self) -> int:
+        """Requests begun and not yet ended by us."""
+        return len(self._requests)
+
+    def is_active(self, request_id: int) -> bool:
+        """True while ``request_id`` is begun and not yet ended by us."""
+        return request_id in self._requests
+
+    def next_event(self) -> ServerEvent | _NeedData:
+        """Return the next event, or :data:`NEED_DATA` when the buffered bytes hold none.
+
+        Raises:
+            RemoteProtocolError: the peer broke the protocol. The connection is dead.
+        """
+        if self._dead:
+            raise RemoteProtocolError("connection already failed")
+        try:
+            while True:
+                record = self._buffer.next_record()
+                if record is None:
+                    return NEED_DATA
+                event = self._handle_record(*record)
+                if event is not None:
+                    return event
+        except RemoteProtocolError:
+            self._dead = True
+            raise
+
+    def _handle_record(self, rtype: int, rid: int, content: bytes) -> ServerEvent | None:
+        if rid == NULL_REQUEST_ID:
+            self._handle_management(rtype, content)
+            return None
+        if rtype == BEGIN_REQUEST:
+            return self._handle_begin(rid, content)
+        if rtype in _WRONG_DIRECTION or rtype == GET_VALUES:
+            raise RemoteProtocolError(f"record type {rtype} is not valid from a web server")
+        req = self._requests.get(rid)
+        if req is None:
+            # Inactive ids (never begun, refused, or already ended by us) are ignored (spec §3.3).
+            return None
+        if rtype == ABORT_REQUEST:
+            if req.aborted:
+                return None
+            req.aborted = True
+            return RequestAborted(rid)
+        if rtype not in _STREAM_INPUT:
+            return None  # A type newer than FastCGI 1.0 on a request: ignore it.
+        is_end = not content
+        phase = TRANSITIONS.get((req.role, req.phase, rtype, is_end))
+        if phase is None:
+            raise RemoteProtocolError(
+                f"record type {rtype} not allowed in phase {req.phase.name} "
+                f"for role {req.role.name}",
+                request_id=rid,
+            )
+        prev = req.phase
+        req.phase = phase
+        if rtype == PARAMS:
+            if not is_end:
+                if len(req.params) + len(content) > self._limits.max_params_bytes:
+                    raise RemoteProtocolError(
+                        f"params exceed {self._limits.max_params_bytes} bytes", request_id=rid
+                    )
+                req.params += content
+                return None
+            pairs = decode_pairs(req.params, self._limits.max_params_pairs)
+            req.params = bytearray()
+            return RequestReceived(rid, req.role, req.keep_conn, dict(pairs))
+        if prev == Phase.INPUT_DONE:
+            return None  # An authorizer's tolerated STDIN.
+        if rtype == STDIN:
+            return StdinEnded(rid) if is_end else StdinReceived(rid, content)
+        return DataEnded(rid) if is_end else DataReceived(rid, content)
+
+    def _handle_begin(self, rid: int, content: bytes) -> RequestRejected | None:
+        if rid in self._requests:
+            raise RemoteProtocolError(f"BEGIN_REQUEST for active request {rid}", request_id=rid)
+        if len(content) != BEGIN_BODY.size:
+            raise RemoteProtocolError(
+                f"BEGIN_REQUEST body of {len(content)} bytes, expected 8", request_id=rid
+            )
+        role, flags = BEGIN_BODY.unpack(content)
+        keep_conn = bool(flags & FCGI_KEEP_CONN)
+        status: ProtocolStatus | None = None
+        if role not in self._roles:
+            status = ProtocolStatus.UNKNOWN_ROLE
+        elif self._requests and not self._multiplex:
+            status = ProtocolStatus.CANT_MPX_CONN
+        elif not self.accepting or len(self._requests) >= self._limits.max_requests_per_connection:
+            status = ProtocolStatus.OVERLOADED
+        if status is None:
+            self._requests[rid] = _Request(Role(role), keep_conn)
+            return None
+        self._outgoing.append(encode_end_request(rid, 0, status))
+        if not keep_conn:
+            self.close_requested = True
+        return RequestRejected(rid, status)
+
+    def _handle_management(self, rtype: int, content: bytes) -> None:
+        if rtype != GET_VALUES:
+            self._outgoing.append(encode_unknown_type(rtype))
+            return
+        if len(content) > self._limits.max_management_bytes:
+            raise RemoteProtocolError(f"GET_VALUES of {len(content)} bytes is too large")
+        names = decode_pairs(content, self._limits.max_params_pairs)
+        answer = [(name, self._values[name]) for name, _ in names if name in self._values]
+        self._outgoing.append(encode_record(GET_VALUES_RESULT, 0, encode_pairs(answer)))
+
+    def data_to_send(self) -> bytes:
+        """Return (and forget) the answers queued by the connection itself."""
+        if not self._outgoing:
+            return b""
+        out = b"".join(self._outgoing)
+        self._outgoing.clear()
+        return out
+
+    # ---------------------------------------------------------------------------- output
+
+    def _active(self, rid: int) -> _Request:
+        req = self._requests.get(rid)
+        if req is None:
+            raise LocalProtocolError(f"request {rid} is not active", request_id=rid)
+        return req
+
+    def send_stdout(self, request_id: int, data: bytes | memoryview) -> Buffers:
+        """Frame response bytes as STDOUT records. Empty ``data`` frames nothing."""
+        self._active(request_id)
+        return encode_stream(STDOUT, request_id, data)
+
+    def send_stderr(self, request_id: int, data: bytes | memoryview) -> Buffers:
+        """Frame error-stream bytes as STDERR records. Empty ``data`` frames nothing."""
+        self._active(request_id).stderr_used = True
+        return encode_stream(STDERR, request_id, data)
+
+    def end_request(
+        self,
+        request_id: int,
+        stdout: bytes | memoryview = b"",
+        *,
+        app_status: int = 0,
+        protocol_status: ProtocolStatus = ProtocolStatus.REQUEST_COMPLETE,
+    ) -> Buffers:
+        """Frame the last STDOUT bytes, close the streams and END_REQUEST, in one list.
+
+        The common small response comes back as a single buffer, so it leaves in one write.
+        The request id is free when this returns.
+        """
+        req = self._active(request_id)
+        del self._requests[request_id]
+        if not req.keep_conn:
+            self.close_requested = True
+        n = len(stdout)
+        tail = HEADER.pack(1, STDOUT, request_id, 0, 0)
+        if req.stderr_used:
+            tail += HEADER.pack(1, STDERR, request_id, 0, 0)
+        tail += encode_end_request(request_id, app_status, protocol_status)
+        if 0 < n < 16384:
+            pad = -n & 7
+            return [
+                HEADER.pack(1, STDOUT, request_id, n, pad) + bytes(stdout) + _PADDING[pad] + tail
+            ]
+        out = encode_stream(STDOUT, request_id, stdout)
+        out.append(tail)
+        return out
+
+    def break_connection(self) -> bytes:
+        """Return bytes that make the peer fail every request on this connection, visibly.
+
+        Used when a response fails after its headers left: closing alone looks like a normal
+        end to nginx without ``fastcgi_keep_conn``, but an invalid record header is an upstream
+        error to every web server. The caller must close the transport after writing them.
+        """
+        self._requests.clear()
+        self._dead = True
+        self.close_requested = True
+        return _POISON
