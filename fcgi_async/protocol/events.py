@@ -67,7 +67,12 @@ class DataEnded:
 
 @dataclass(frozen=True, slots=True)
 class RequestAborted:
-    """The web server sent ABORT_REQUEST. The request stays active until we end it."""
+    """The web server sent ABORT_REQUEST. The request stays active until we end it.
+
+    Sent at most once per request, and only after its :class:`RequestReceived`: an abort that
+    arrives while the PARAMS stream is still incomplete is answered by the connection itself
+    (END_REQUEST queued in ``data_to_send``), without an event.
+    """
 
     request_id: int
 

@@ -27,6 +27,7 @@ from .constants import (
     FCGI_KEEP_CONN,
     GET_VALUES,
     GET_VALUES_RESULT,
+    MAX_CONTENT_LENGTH,
     NULL_REQUEST_ID,
     PARAMS,
     STDERR,
@@ -97,6 +98,10 @@ class ServerConnection:
             When false, a second BEGIN_REQUEST while one runs is refused with CANT_MPX_CONN.
         management_values: the values GET_VALUES answers with (FCGI_MAX_CONNS, FCGI_MAX_REQS,
             FCGI_MPXS_CONNS), as the running configuration makes them true.
+
+    Raises:
+        ValueError: a role FastCGI 1.0 does not define, or ``management_values`` too large to
+            answer in one record.
     """
 
     __slots__ = (
@@ -121,9 +126,13 @@ class ServerConnection:
         management_values: Mapping[bytes, bytes] | None = None,
     ) -> None:
         self._limits = limits or Limits()
-        self._roles = frozenset(int(r) for r in roles)
+        # Role(r) rejects a role number FastCGI 1.0 does not define here, not on the hot path.
+        self._roles = frozenset(Role(r) for r in roles)
         self._multiplex = multiplex
         self._values = dict(management_values or {})
+        if len(encode_pairs(self._values)) > MAX_CONTENT_LENGTH:
+            # Answers are de-duplicated, so this bounds every GET_VALUES_RESULT we can send.
+            raise ValueError("management_values do not fit in one GET_VALUES_RESULT record")
         self._buffer = RecordBuffer()
         self._requests: dict[int, _Request] = {}
         self._outgoing: list[bytes] = []
@@ -192,6 +201,14 @@ class ServerConnection:
             # Inactive ids (never begun, refused, or already ended by us) are ignored (spec §3.3).
             return None
         if rtype == ABORT_REQUEST:
+            if req.phase == Phase.PARAMS:
+                # The application never saw this request: end it here, so RequestAborted
+                # only ever follows RequestReceived and no request id is left hanging.
+                del self._requests[rid]
+                self._outgoing.append(encode_end_request(rid, 0, ProtocolStatus.REQUEST_COMPLETE))
+                if not req.keep_conn:
+                    self.close_requested = True
+                return None
             if req.aborted:
                 return None
             req.aborted = True
@@ -256,7 +273,8 @@ class ServerConnection:
         if len(content) > self._limits.max_management_bytes:
             raise RemoteProtocolError(f"GET_VALUES of {len(content)} bytes is too large")
         names = decode_pairs(content, self._limits.max_params_pairs)
-        answer = [(name, self._values[name]) for name, _ in names if name in self._values]
+        # A dict drops repeated names: the answer can never outgrow one record (see __init__).
+        answer = {name: self._values[name] for name, _ in names if name in self._values}
         self._outgoing.append(encode_record(GET_VALUES_RESULT, 0, encode_pairs(answer)))
 
     def data_to_send(self) -> bytes:

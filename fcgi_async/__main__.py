@@ -1,0 +1,5 @@
+"""``python -m fcgi_async`` is the ``fcgi-async`` command."""
+
+from .cli import run
+
+run()

@@ -1,0 +1,123 @@
+"""One typed, frozen configuration for the server (after hypercorn's Config, without its sins).
+
+Every field has a unit-suffixed name, a default and a validation rule. The CLI builds a Config
+from flags > ``FCGI_ASYNC_*`` environment variables > defaults; library code only reads it and
+never configures logging or exits the process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .protocol import Limits, Role
+from .protocol.limits import (
+    DEFAULT_KEEPALIVE_TIMEOUT_S,
+    DEFAULT_MAX_BODY_BUFFER_BYTES,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PARAMS_BYTES,
+    DEFAULT_MAX_PARAMS_PAIRS,
+    DEFAULT_MAX_REQUESTS_PER_CONNECTION,
+    DEFAULT_RECORD_TIMEOUT_S,
+)
+
+#: php-fpm's default listen address; loopback only, never every interface (DESIGN.md §6).
+DEFAULT_BIND = "127.0.0.1:9000"
+#: Worker threads for WSGI apps (each blocks on I/O like a php-fpm child would).
+DEFAULT_THREADS = 10
+#: Seconds running requests get to finish after SIGTERM/SIGINT before they are cancelled.
+DEFAULT_GRACEFUL_TIMEOUT_S = 30.0
+#: Listen backlog; php-fpm's default (``listen.backlog = 511``).
+DEFAULT_BACKLOG = 511
+
+Interface = Literal["auto", "asgi", "wsgi"]
+LoopName = Literal["auto", "asyncio", "uvloop"]
+LifespanMode = Literal["auto", "on", "off"]
+
+_ROLE_NAMES = {"responder": Role.RESPONDER, "authorizer": Role.AUTHORIZER, "filter": Role.FILTER}
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the setting and the value."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything the server needs to know. See ``fcgi-async --help`` for each field."""
+
+    app: str = ""
+    bind: tuple[str, ...] = (DEFAULT_BIND,)
+    interface: Interface = "auto"
+    factory: bool = False
+    app_dir: str = "."
+    threads: int = DEFAULT_THREADS
+    loop: LoopName = "auto"
+    lifespan: LifespanMode = "auto"
+    root_path: str | None = None
+    roles: tuple[str, ...] = ("responder", "authorizer", "filter")
+    multiplex: bool = True
+    max_params_bytes: int = DEFAULT_MAX_PARAMS_BYTES
+    max_params_pairs: int = DEFAULT_MAX_PARAMS_PAIRS
+    max_requests_per_connection: int = DEFAULT_MAX_REQUESTS_PER_CONNECTION
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_body_buffer_bytes: int = DEFAULT_MAX_BODY_BUFFER_BYTES
+    keepalive_timeout_s: float = DEFAULT_KEEPALIVE_TIMEOUT_S
+    record_timeout_s: float = DEFAULT_RECORD_TIMEOUT_S
+    graceful_timeout_s: float = DEFAULT_GRACEFUL_TIMEOUT_S
+    backlog: int = DEFAULT_BACKLOG
+    socket_mode: int | None = None
+    log_level: str = "info"
+    extra: dict[str, object] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        positive = (
+            "threads",
+            "max_params_bytes",
+            "max_params_pairs",
+            "max_requests_per_connection",
+            "max_connections",
+            "max_body_buffer_bytes",
+            "backlog",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a whole number of at least 1, got {value!r}")
+        for name in ("keepalive_timeout_s", "record_timeout_s", "graceful_timeout_s"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or value <= 0:
+                raise ConfigError(f"{name} must be a number of seconds above 0, got {value!r}")
+        if not self.bind:
+            raise ConfigError("at least one bind address is needed")
+        for role in self.roles:
+            if role not in _ROLE_NAMES:
+                raise ConfigError(f"unknown role {role!r}: choose from {', '.join(_ROLE_NAMES)}")
+        if self.socket_mode is not None and not 0 <= self.socket_mode <= 0o777:
+            raise ConfigError(f"socket_mode must be between 000 and 777, got {self.socket_mode:o}")
+
+    def replace(self, **changes: object) -> Config:
+        """Return a copy with ``changes`` applied (validated again)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def limits(self) -> Limits:
+        """The protocol-layer bounds this configuration sets."""
+        return Limits(
+            max_params_bytes=self.max_params_bytes,
+            max_params_pairs=self.max_params_pairs,
+            max_requests_per_connection=self.max_requests_per_connection,
+        )
+
+    @property
+    def served_roles(self) -> tuple[Role, ...]:
+        """The FastCGI roles to serve; others are refused with UNKNOWN_ROLE."""
+        return tuple(_ROLE_NAMES[r] for r in self.roles)
+
+    @property
+    def root_path_bytes(self) -> bytes | None:
+        """``root_path`` as the latin-1 bytes the CGI layer compares with."""
+        return None if self.root_path is None else self.root_path.encode("latin-1")

@@ -1,0 +1,63 @@
+"""Run a Server in this process until SIGTERM/SIGINT: event loop choice and signal handling."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .config import Config
+from .importer import AppLoadError
+from .server import Server
+from .types import Application
+
+logger = logging.getLogger("fcgi_async")
+
+
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """Return the event loop factory for ``--loop`` (None = asyncio's default)."""
+    if name == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if name == "uvloop":
+            raise AppLoadError("--loop uvloop given but uvloop is not installed") from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+async def serve(
+    config: Config,
+    app: Application,
+    sockets: Sequence[socket.socket] | None = None,
+    *,
+    ready: Callable[[Server], Any] | None = None,
+) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        loop.add_signal_handler(sig, stop.set)
+    server = Server(config, app, sockets)
+    await server.start()
+    if ready is not None:
+        ready(server)
+    try:
+        await stop.wait()
+        logger.info("stopping: no new connections; finishing running requests")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            loop.remove_signal_handler(sig)
+        await server.shutdown()
+    logger.info("stopped")
+
+
+def run(config: Config, app: Application, sockets: Sequence[socket.socket] | None = None) -> None:
+    """Create the configured event loop and :func:`serve` on it until stopped."""
+    with asyncio.Runner(loop_factory=loop_factory(config.loop)) as runner:
+        runner.run(serve(config, app, sockets))

@@ -1,0 +1,535 @@
+"""One asyncio Protocol per FastCGI connection (after uvicorn's ``httptools_impl``).
+
+The Protocol owns the transport, the sans-IO codec, flow control both ways, and the table of
+running requests. Each request runs as its own task; its :class:`RequestHandle` is the
+:class:`fcgi_async.types.Request` the application sees.
+
+Flow control:
+* Writes: the transport calls ``pause_writing`` above its high-water mark; a request's sends
+  then wait in :meth:`FastCGIProtocol.drain` until ``resume_writing`` (or fail with
+  :class:`ClientDisconnected` when the connection is lost), so a web server that reads nothing
+  never grows our memory past the write buffer limit plus one chunk.
+* Reads: request body bytes wait in per-request queues; when the connection's total exceeds
+  ``max_body_buffer_bytes`` reading pauses, and it resumes below half of it.
+
+Timers are not armed per request: the server's one-second ticker looks at ``idle_since`` and
+``partial_since`` of every connection (see :meth:`FastCGIProtocol.check_timeouts`), which keeps
+the per-request path free of ``call_later``/``cancel`` pairs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from ..protocol import (
+    NEED_DATA,
+    DataEnded,
+    DataReceived,
+    RemoteProtocolError,
+    RequestAborted,
+    RequestReceived,
+    RequestRejected,
+    Role,
+    ServerConnection,
+    StdinEnded,
+    StdinReceived,
+)
+from ..types import ClientDisconnected
+
+if TYPE_CHECKING:
+    from .server import ServerState
+
+logger = logging.getLogger("fcgi_async.server")
+
+#: What a request gets when the application fails before sending anything.
+INTERNAL_ERROR_RESPONSE = (
+    b"Status: 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 21\r\n\r\nInternal Server Error"
+)
+
+
+class RequestHandle:
+    """The :class:`fcgi_async.types.Request` of one running request."""
+
+    __slots__ = (
+        "_body",
+        "_body_eof",
+        "_data",
+        "_data_eof",
+        "_disconnect_event",
+        "_proto",
+        "_waiter",
+        "disconnected",
+        "done",
+        "keep_conn",
+        "params",
+        "request_id",
+        "response_started",
+        "role",
+        "task",
+    )
+
+    def __init__(self, proto: FastCGIProtocol, event: RequestReceived) -> None:
+        self._proto = proto
+        self.request_id = event.request_id
+        self.role = event.role
+        self.keep_conn = event.keep_conn
+        self.params = event.params
+        self._body: deque[bytes] = deque()
+        # An authorizer has no body at all (spec §6.3).
+        self._body_eof = event.role == Role.AUTHORIZER
+        self._data: deque[bytes] = deque()
+        self._data_eof = event.role != Role.FILTER
+        self._waiter: asyncio.Future[None] | None = None
+        self._disconnect_event: asyncio.Event | None = None
+        self.disconnected = False
+        self.done = False
+        self.response_started = False
+        self.task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<RequestHandle id={self.request_id} role={self.role.name} done={self.done}"
+            f" disconnected={self.disconnected} started={self.response_started}>"
+        )
+
+    @property
+    def logger(self) -> logging.Logger:
+        """Logger for the application's own messages."""
+        return logging.getLogger("fcgi_async.app")
+
+    @property
+    def peer(self) -> str:
+        """The web server's address, for log lines."""
+        return self._proto.peer
+
+    # ----------------------------------------------------------- called by the Protocol
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _feed_body(self, data: bytes) -> None:
+        self._body.append(data)
+        self._wake()
+
+    def _feed_body_eof(self) -> None:
+        self._body_eof = True
+        self._wake()
+
+    def _feed_data(self, data: bytes) -> None:
+        self._data.append(data)
+        self._wake()
+
+    def _feed_data_eof(self) -> None:
+        self._data_eof = True
+        self._wake()
+
+    def _disconnect(self) -> None:
+        if self.disconnected:
+            return
+        self.disconnected = True
+        self._wake()
+        if self._disconnect_event is not None:
+            self._disconnect_event.set()
+
+    def _discard_input(self) -> int:
+        size = sum(len(c) for c in self._body) + sum(len(c) for c in self._data)
+        self._body.clear()
+        self._data.clear()
+        return size
+
+    # --------------------------------------------------------------- Request protocol
+    async def _wait_input(self) -> None:
+        if self.disconnected:
+            raise ClientDisconnected(f"request {self.request_id} from {self.peer} went away")
+        waiter = self._proto.loop.create_future()
+        self._waiter = waiter
+        await waiter
+
+    async def receive(self) -> bytes:
+        """Return the next body chunk, ``b""`` at its end (see the Request protocol)."""
+        while True:
+            if self._body:
+                chunk = self._body.popleft()
+                self._proto.body_consumed(len(chunk))
+                return chunk
+            if self._body_eof:
+                return b""
+            await self._wait_input()
+
+    async def receive_data(self) -> bytes:
+        """FILTER role: the next chunk of the DATA stream, ``b""`` at its end."""
+        while not self._body_eof or self._body:
+            await self.receive()
+        while True:
+            if self._data:
+                chunk = self._data.popleft()
+                self._proto.body_consumed(len(chunk))
+                return chunk
+            if self._data_eof:
+                return b""
+            await self._wait_input()
+
+    async def wait_disconnected(self) -> None:
+        """Return once the request is aborted or its connection lost."""
+        if self.disconnected:
+            return
+        if self._disconnect_event is None:
+            self._disconnect_event = asyncio.Event()
+        await self._disconnect_event.wait()
+
+    def _check_writable(self) -> FastCGIProtocol:
+        if self.done or self.disconnected:
+            raise ClientDisconnected(f"request {self.request_id} from {self.peer} went away")
+        return self._proto
+
+    async def send_stdout(self, data: bytes) -> None:
+        """Send response bytes, waiting for flow control (see the Request protocol)."""
+        proto = self._check_writable()
+        if proto.write_paused:
+            await proto.drain()
+            proto = self._check_writable()
+        if data:
+            self.response_started = True
+            proto.transport.writelines(proto.codec.send_stdout(self.request_id, data))
+
+    async def send_stderr(self, data: bytes) -> None:
+        """Send bytes on the STDERR stream."""
+        proto = self._check_writable()
+        if proto.write_paused:
+            await proto.drain()
+            proto = self._check_writable()
+        if data:
+            proto.transport.writelines(proto.codec.send_stderr(self.request_id, data))
+
+    async def end(self, stdout: bytes = b"", app_status: int = 0) -> None:
+        """Send the last bytes, close the streams and END_REQUEST in one write."""
+        proto = self._check_writable()
+        if proto.write_paused:
+            await proto.drain()
+            proto = self._check_writable()
+        if stdout:
+            self.response_started = True
+        self.done = True
+        buffers = proto.codec.end_request(self.request_id, stdout, app_status=app_status)
+        if len(buffers) == 1:
+            proto.transport.write(buffers[0])
+        else:
+            proto.transport.writelines(buffers)
+        proto.request_finished(self)
+
+    def fail(self) -> None:
+        """Break the connection visibly: the response failed after it started."""
+        if self.done:
+            return
+        self.done = True
+        self._proto.break_connection(f"request {self.request_id} failed after its response began")
+
+
+class FastCGIProtocol(asyncio.Protocol):
+    """The asyncio side of one FastCGI connection."""
+
+    # Built in connection_made; declared here for the type checker.
+    transport: asyncio.Transport
+    codec: ServerConnection
+    loop: asyncio.AbstractEventLoop
+    peer: str
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.requests: dict[int, RequestHandle] = {}
+        self.buffered = 0
+        self.read_paused = False
+        self.write_paused = False
+        self.closed = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        #: Loop time since when the connection has had no request (None while busy).
+        self.idle_since: float | None = None
+        #: Loop time since when a record has been half-received (None when none is).
+        self.partial_since: float | None = None
+
+    def __repr__(self) -> str:
+        return f"<FastCGIProtocol peer={getattr(self, 'peer', '?')} requests={len(self.requests)}>"
+
+    # ----------------------------------------------------------------- connection
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        state = self.state
+        self.transport = transport
+        self.loop = state.loop
+        self.codec = ServerConnection(
+            limits=state.limits,
+            roles=state.roles,
+            multiplex=state.config.multiplex,
+            management_values=state.management_values,
+        )
+        self.codec.accepting = state.accepting
+        self.peer = _peer_name(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # The socket may already be dead; the first write will tell.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.idle_since = self.loop.time()
+        if not state.connection_opened(self):
+            logger.warning(
+                "refusing connection from %s: %d connections open (--max-connections)",
+                self.peer,
+                state.config.max_connections,
+            )
+            self.closed = True
+            transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.state.connection_closed(self)
+        for handle in self.requests.values():
+            handle._disconnect()
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_exception(ClientDisconnected(f"connection from {self.peer} lost"))
+        self._drain_waiters.clear()
+
+    def eof_received(self) -> bool:
+        return False  # Close our side too; running requests see a disconnect.
+
+    # ---------------------------------------------------------------------- input
+    def data_received(self, data: bytes) -> None:
+        codec = self.codec
+        codec.receive_data(data)
+        requests = self.requests
+        try:
+            while True:
+                event = codec.next_event()
+                if event is NEED_DATA:
+                    break
+                cls = type(event)
+                if cls is RequestReceived:
+                    self._start_request(event)  # type: ignore[arg-type]
+                elif cls is StdinEnded:
+                    handle = requests.get(event.request_id)  # type: ignore[union-attr]
+                    if handle is not None:
+                        handle._feed_body_eof()
+                elif cls is StdinReceived or cls is DataReceived:
+                    handle = requests.get(event.request_id)  # type: ignore[union-attr]
+                    if handle is not None and not handle.done:
+                        chunk: bytes = event.data  # type: ignore[union-attr]
+                        if cls is StdinReceived:
+                            handle._feed_body(chunk)
+                        else:
+                            handle._feed_data(chunk)
+                        self.buffered += len(chunk)
+                        if self.buffered > self.state.config.max_body_buffer_bytes:
+                            self._pause_reading()
+                elif cls is DataEnded:
+                    handle = requests.get(event.request_id)  # type: ignore[union-attr]
+                    if handle is not None:
+                        handle._feed_data_eof()
+                elif cls is RequestAborted:
+                    self._abort_request(event.request_id)  # type: ignore[union-attr]
+                elif cls is RequestRejected:
+                    logger.warning(
+                        "refused request %d from %s: %s",
+                        event.request_id,  # type: ignore[union-attr]
+                        self.peer,
+                        event.protocol_status.name,  # type: ignore[union-attr]
+                    )
+        except RemoteProtocolError as exc:
+            logger.warning("closing connection from %s: protocol error: %s", self.peer, exc)
+            self._close_now()
+            return
+        out = codec.data_to_send()
+        if out:
+            self.transport.write(out)
+            if codec.close_requested and not requests:
+                self._close_when_flushed()
+        self.partial_since = (
+            (self.partial_since or self.loop.time()) if codec.has_partial_record else None
+        )
+
+    def _start_request(self, event: RequestReceived) -> None:
+        handle = RequestHandle(self, event)
+        self.requests[event.request_id] = handle
+        self.idle_since = None
+        self.state.request_started()
+        handle.task = self.loop.create_task(self._run(handle))
+
+    async def _run(self, handle: RequestHandle) -> None:
+        try:
+            await self.state.app(handle)
+        except ClientDisconnected:
+            logger.debug("request %d from %s: client went away", handle.request_id, self.peer)
+        except asyncio.CancelledError:
+            logger.debug("request %d from %s: cancelled", handle.request_id, self.peer)
+            if not handle.done:
+                handle.fail()
+            raise
+        except Exception:
+            if handle.disconnected:
+                logger.debug(
+                    "request %d from %s failed after a disconnect",
+                    handle.request_id,
+                    self.peer,
+                    exc_info=True,
+                )
+            else:
+                logger.exception(
+                    "request %d from %s: application error", handle.request_id, self.peer
+                )
+        finally:
+            if not handle.done:
+                self._finish_abandoned(handle)
+
+    def _finish_abandoned(self, handle: RequestHandle) -> None:
+        """The application returned without ending its request: end it for them."""
+        if handle.disconnected:
+            handle.done = True
+            self.request_finished(handle)
+        elif not handle.response_started and not self.write_paused:
+            logger.error(
+                "request %d from %s: application finished without a response; sent 500",
+                handle.request_id,
+                self.peer,
+            )
+            handle.done = True
+            self.transport.writelines(
+                self.codec.end_request(handle.request_id, INTERNAL_ERROR_RESPONSE)
+            )
+            self.request_finished(handle)
+        else:
+            handle.fail()
+
+    def _abort_request(self, request_id: int) -> None:
+        """ABORT_REQUEST: tell the app, answer END_REQUEST at once, free the id."""
+        handle = self.requests.get(request_id)
+        if handle is None:
+            return
+        handle._disconnect()
+        if not handle.done:
+            handle.done = True
+            self.transport.writelines(self.codec.end_request(request_id))
+            self.request_finished(handle)
+
+    def request_finished(self, handle: RequestHandle) -> None:
+        """Forget a request once its END_REQUEST (or failure) is written."""
+        if self.requests.pop(handle.request_id, None) is None:
+            return
+        self.state.request_finished()
+        leftover = handle._discard_input()
+        if leftover:
+            self.body_consumed(leftover)
+        if not self.requests:
+            self.idle_since = self.loop.time()
+            if self.codec.close_requested:
+                self._close_when_flushed()
+
+    # --------------------------------------------------------------- flow control
+    def body_consumed(self, size: int) -> None:
+        """The app took ``size`` body bytes out of its buffer: maybe resume reading."""
+        self.buffered -= size
+        if self.read_paused and self.buffered <= self.state.config.max_body_buffer_bytes // 2:
+            self.read_paused = False
+            if not self.closed:
+                self.transport.resume_reading()
+
+    def _pause_reading(self) -> None:
+        if not self.read_paused and not self.closed:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def drain(self) -> None:
+        """Wait until the transport's write buffer is below its low-water mark.
+
+        Raises:
+            ClientDisconnected: the connection was lost while waiting.
+        """
+        if self.closed:
+            raise ClientDisconnected(f"connection from {self.peer} lost")
+        if not self.write_paused:
+            return
+        waiter = self.loop.create_future()
+        self._drain_waiters.append(waiter)
+        await waiter
+
+    # ------------------------------------------------------------------- closing
+    def break_connection(self, reason: str) -> None:
+        """Write bytes every web server rejects, then close: the response fails visibly."""
+        logger.warning("breaking connection from %s: %s", self.peer, reason)
+        if not self.closed:
+            self.transport.write(self.codec.break_connection())
+        self._close_now()
+
+    def _close_when_flushed(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.close()  # asyncio flushes the write buffer before closing
+
+    def _close_now(self) -> None:
+        for handle in list(self.requests.values()):
+            handle._disconnect()
+            handle.done = True
+            self.request_finished(handle)
+        self._close_when_flushed()
+
+    def close_idle(self) -> bool:
+        """Close the connection if no request runs on it. Returns True if it did."""
+        if self.requests or self.closed:
+            return False
+        self._close_when_flushed()
+        return True
+
+    def stop_accepting(self) -> None:
+        """Graceful shutdown: close when idle; new requests are refused with OVERLOADED."""
+        self.codec.accepting = False
+        self.codec.close_requested = True
+        self.close_idle()
+
+    def check_timeouts(self, now: float) -> None:
+        """Close the connection if it idled or left a record half-sent for too long."""
+        if self.closed:
+            return
+        config = self.state.config
+        if self.partial_since is not None and now - self.partial_since > config.record_timeout_s:
+            logger.warning(
+                "closing connection from %s: record incomplete after %.0f s (--record-timeout)",
+                self.peer,
+                config.record_timeout_s,
+            )
+            self._close_now()
+        elif self.idle_since is not None and now - self.idle_since > config.keepalive_timeout_s:
+            logger.debug("closing idle connection from %s", self.peer)
+            self._close_when_flushed()
+
+    def abort(self) -> None:
+        """Drop the connection now (end of the graceful timeout)."""
+        for handle in self.requests.values():
+            handle._disconnect()
+        self.closed = True
+        self.transport.abort()
+
+
+def _peer_name(transport: asyncio.BaseTransport) -> str:
+    peer: Any = transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host, port = peer[0], peer[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    sockname: Any = transport.get_extra_info("sockname")
+    return f"unix:{sockname}" if sockname else "unix-peer"

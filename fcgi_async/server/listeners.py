@@ -1,0 +1,213 @@
+"""Listening sockets: ``HOST:PORT``, ``[V6]:PORT``, ``unix:PATH``, ``fd://N`` and fd 0.
+
+Sockets are created here, before any event loop exists, so that a prefork supervisor can bind
+in the parent and hand the same sockets to its workers (see :func:`inherit_sockets`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import stat
+from dataclasses import dataclass
+from typing import Literal
+
+#: FCGI_LISTENSOCK_FILENO: web servers that spawn us (mod_fcgid, lighttpd's bin-path,
+#: spawn-fcgi) pass the listening socket as fd 0 (spec §2.2).
+FCGI_LISTENSOCK_FILENO = 0
+
+
+class BindError(OSError):
+    """A bind address is malformed, in use, or not ours to take. The message says which."""
+
+
+@dataclass(frozen=True, slots=True)
+class BindAddress:
+    """A parsed ``--bind`` value."""
+
+    kind: Literal["tcp", "unix", "fd"]
+    host: str = ""
+    port: int = 0
+    path: str = ""
+    fd: int = -1
+
+    def __str__(self) -> str:
+        if self.kind == "unix":
+            return f"unix:{self.path}"
+        if self.kind == "fd":
+            return f"fd://{self.fd}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_bind(value: str) -> BindAddress:
+    """Parse one bind string.
+
+    Raises:
+        BindError: the string is not one of the documented forms.
+    """
+    text = value.strip()
+    if text.startswith("unix:"):
+        path = text[5:]
+        if not path:
+            raise BindError(f"bad bind {value!r}: unix: needs a path, as in unix:/run/app.sock")
+        return BindAddress("unix", path=path)
+    if text.startswith("fd://"):
+        try:
+            fd = int(text[5:])
+        except ValueError:
+            raise BindError(f"bad bind {value!r}: fd:// needs a number, as in fd://3") from None
+        if fd < 0:
+            raise BindError(f"bad bind {value!r}: file descriptors are not negative")
+        return BindAddress("fd", fd=fd)
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise BindError(f"bad bind {value!r}: IPv6 addresses look like [::1]:9000")
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep or ":" in host:
+            raise BindError(f"bad bind {value!r}: use HOST:PORT, [V6]:PORT, unix:PATH or fd://N")
+    try:
+        port_no = int(port)
+    except ValueError:
+        raise BindError(f"bad bind {value!r}: port {port!r} is not a number") from None
+    if not 0 <= port_no <= 65535:
+        raise BindError(f"bad bind {value!r}: port {port_no} is out of range")
+    return BindAddress("tcp", host=host or "127.0.0.1", port=port_no)
+
+
+def _unix_socket_is_live(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except OSError as exc:
+        # Refused or gone: stale. Permission denied, timeout...: someone owns it; keep off.
+        return exc.errno not in (errno.ECONNREFUSED, errno.ENOENT)
+    finally:
+        probe.close()
+    return True
+
+
+def bind_socket(
+    addr: BindAddress, *, backlog: int, socket_mode: int | None = None
+) -> socket.socket:
+    """Create, bind and listen on one socket.
+
+    A unix socket path is replaced only when it is a stale socket (nobody accepts on it);
+    a live socket or any other kind of file is an error.
+
+    Raises:
+        BindError: the address is in use, not permitted, or otherwise unusable.
+    """
+    if addr.kind == "fd":
+        return adopt_fd(addr.fd)
+    if addr.kind == "unix":
+        path = addr.path
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            pass
+        else:
+            if not stat.S_ISSOCK(st.st_mode):
+                raise BindError(f"cannot bind unix:{path}: it exists and is not a socket")
+            if _unix_socket_is_live(path):
+                raise BindError(f"cannot bind unix:{path}: another server is listening on it")
+            os.unlink(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+            if socket_mode is not None:
+                os.chmod(path, socket_mode)
+            sock.listen(backlog)
+        except OSError as exc:
+            sock.close()
+            raise BindError(f"cannot bind unix:{path}: {exc.strerror or exc}") from exc
+        sock.setblocking(False)
+        return sock
+    family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
+    try:
+        infos = socket.getaddrinfo(
+            addr.host, addr.port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise BindError(f"cannot bind {addr}: {exc.strerror}") from exc
+    fam, _, _, _, sockaddr = infos[0]
+    sock = socket.socket(fam, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if fam == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise BindError(f"cannot bind {addr}: {reason or exc}") from exc
+    sock.setblocking(False)
+    return sock
+
+
+def adopt_fd(fd: int) -> socket.socket:
+    """Wrap an inherited listening socket (``fd://N``, systemd, a supervisor's hand-over).
+
+    Raises:
+        BindError: the descriptor is not an open stream socket.
+    """
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise BindError(f"fd://{fd} is not a socket")
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        if isinstance(exc, BindError):
+            raise
+        raise BindError(f"cannot use fd://{fd}: {exc.strerror or exc}") from exc
+    sock.setblocking(False)
+    return sock
+
+
+def detect_fd0_listener() -> socket.socket | None:
+    """Return fd 0 as a listening socket when a web server handed us one, else ``None``.
+
+    The FastCGI convention (spec §2.2): fd 0 is a socket, and ``getpeername`` fails with
+    ENOTCONN because it listens rather than being connected.
+    """
+    try:
+        if not stat.S_ISSOCK(os.fstat(FCGI_LISTENSOCK_FILENO).st_mode):
+            return None
+    except OSError:
+        return None
+    sock = socket.socket(fileno=os.dup(FCGI_LISTENSOCK_FILENO))
+    try:
+        sock.getpeername()
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            sock.setblocking(False)
+            return sock
+    sock.close()
+    return None
+
+
+def describe(sock: socket.socket) -> str:
+    """Return the address a socket listens on, in ``--bind`` syntax."""
+    name = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        return f"unix:{name if isinstance(name, str) else name.decode()}"
+    host, port = name[0], name[1]
+    return f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}"
+
+
+def close_listeners(sockets: list[socket.socket], *, unlink: bool = True) -> None:
+    """Close sockets, removing the unix socket files we created."""
+    for sock in sockets:
+        path = None
+        if unlink and sock.family == socket.AF_UNIX:
+            with contextlib.suppress(OSError):
+                name = sock.getsockname()
+                path = name if isinstance(name, str) and name else None
+        sock.close()
+        if path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)

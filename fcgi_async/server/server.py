@@ -1,0 +1,217 @@
+"""The Server: listeners, connections, timeouts and graceful shutdown for one process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Sequence
+
+from ..config import Config
+from ..protocol import FCGI_MAX_CONNS, FCGI_MAX_REQS, FCGI_MPXS_CONNS, Limits, Role
+from ..types import Application
+from .connection import FastCGIProtocol
+from .listeners import bind_socket, close_listeners, describe, detect_fd0_listener, parse_bind
+
+logger = logging.getLogger("fcgi_async.server")
+
+#: How often the ticker looks for idle and stalled connections, in seconds.
+TICK_INTERVAL_S = 1.0
+
+
+class ServerState:
+    """What every connection of one server shares: the app, the config, the counters."""
+
+    def __init__(self, config: Config, app: Application, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.app = app
+        self.loop = loop
+        self.limits: Limits = config.limits
+        self.roles: tuple[Role, ...] = config.served_roles
+        self.connections: set[FastCGIProtocol] = set()
+        self.accepting = True
+        self.active_requests = 0
+        self.total_requests = 0
+        self.idle_event = asyncio.Event()
+        self.idle_event.set()
+        max_reqs = config.max_connections * (
+            config.max_requests_per_connection if config.multiplex else 1
+        )
+        #: GET_VALUES answers, true to this configuration (spec §4.1).
+        self.management_values = {
+            FCGI_MAX_CONNS: str(config.max_connections).encode(),
+            FCGI_MAX_REQS: str(max_reqs).encode(),
+            FCGI_MPXS_CONNS: b"1" if config.multiplex else b"0",
+        }
+
+    def connection_opened(self, proto: FastCGIProtocol) -> bool:
+        """Register a connection; False when over ``max_connections`` (caller closes it)."""
+        if len(self.connections) >= self.config.max_connections or not self.accepting:
+            return False
+        self.connections.add(proto)
+        return True
+
+    def connection_closed(self, proto: FastCGIProtocol) -> None:
+        """Forget a closed connection."""
+        self.connections.discard(proto)
+
+    def request_started(self) -> None:
+        """Count a request that began."""
+        self.active_requests += 1
+        self.total_requests += 1
+        self.idle_event.clear()
+
+    def request_finished(self) -> None:
+        """Count a request that ended."""
+        self.active_requests -= 1
+        if self.active_requests == 0:
+            self.idle_event.set()
+
+
+class Server:
+    """Serves an :class:`Application` on the configured listeners in the running loop.
+
+    Args:
+        config: the configuration.
+        app: the application (an adapter, or any object with the Application shape).
+        sockets: listening sockets to serve instead of binding ``config.bind`` (a supervisor
+            binds in its parent and passes them here).
+
+    Use ``await start()``, then ``await shutdown()``; or ``async with Server(...)``.
+    """
+
+    def __init__(
+        self, config: Config, app: Application, sockets: Sequence[socket.socket] | None = None
+    ) -> None:
+        self.config = config
+        self.app = app
+        self._given_sockets = list(sockets) if sockets is not None else None
+        self._sockets: list[socket.socket] = []
+        self._owns_sockets = False
+        self._servers: list[asyncio.base_events.Server] = []
+        self._ticker: asyncio.Task[None] | None = None
+        self._state: ServerState | None = None
+
+    @property
+    def state(self) -> ServerState:
+        """The shared state (available once started)."""
+        if self._state is None:
+            raise RuntimeError("server not started")
+        return self._state
+
+    @property
+    def bound_addresses(self) -> list[str]:
+        """The listening addresses, in ``--bind`` syntax (ports resolved)."""
+        return [describe(s) for s in self._sockets]
+
+    def _open_sockets(self) -> list[socket.socket]:
+        if self._given_sockets is not None:
+            return self._given_sockets
+        self._owns_sockets = True
+        explicit = self.config.extra.get("bind_explicit", True)
+        if not explicit:
+            inherited = detect_fd0_listener()
+            if inherited is not None:
+                logger.info("using the listening socket passed as fd 0 by the web server")
+                return [inherited]
+        sockets: list[socket.socket] = []
+        try:
+            for value in self.config.bind:
+                sockets.append(
+                    bind_socket(
+                        parse_bind(value),
+                        backlog=self.config.backlog,
+                        socket_mode=self.config.socket_mode,
+                    )
+                )
+        except BaseException:
+            close_listeners(sockets)
+            raise
+        return sockets
+
+    async def start(self) -> None:
+        """Run the app's startup, then listen. Raises what the startup or binding raised."""
+        loop = asyncio.get_running_loop()
+        self._state = state = ServerState(self.config, self.app, loop)
+        await self.app.startup()
+        self._sockets = self._open_sockets()
+        try:
+            for sock in self._sockets:
+                if sock.family == socket.AF_UNIX:
+                    srv = await loop.create_unix_server(
+                        lambda: FastCGIProtocol(state), sock=sock, backlog=self.config.backlog
+                    )
+                else:
+                    srv = await loop.create_server(
+                        lambda: FastCGIProtocol(state), sock=sock, backlog=self.config.backlog
+                    )
+                self._servers.append(srv)
+        except BaseException:
+            await self._close_servers()
+            raise
+        self._ticker = loop.create_task(self._tick())
+        for address in self.bound_addresses:
+            logger.info("listening on %s", address)
+
+    async def _tick(self) -> None:
+        state = self.state
+        while True:
+            await asyncio.sleep(TICK_INTERVAL_S)
+            now = state.loop.time()
+            for proto in list(state.connections):
+                proto.check_timeouts(now)
+
+    async def _close_servers(self) -> None:
+        for srv in self._servers:
+            srv.close()
+        self._servers.clear()
+        if self._owns_sockets:
+            close_listeners(self._sockets)
+
+    async def shutdown(self, graceful_timeout_s: float | None = None) -> None:
+        """Stop accepting, let running requests finish, then cancel what is left.
+
+        Args:
+            graceful_timeout_s: how long running requests may take; the config's by default.
+        """
+        timeout = (
+            self.config.graceful_timeout_s if graceful_timeout_s is None else graceful_timeout_s
+        )
+        state = self.state
+        state.accepting = False
+        await self._close_servers()
+        for proto in list(state.connections):
+            proto.stop_accepting()
+        if state.active_requests:
+            logger.info(
+                "waiting up to %.0f s for %d running request(s)", timeout, state.active_requests
+            )
+            try:
+                await asyncio.wait_for(state.idle_event.wait(), timeout)
+            except TimeoutError:
+                logger.warning("graceful timeout: cancelling %d request(s)", state.active_requests)
+        tasks = [
+            h.task
+            for proto in list(state.connections)
+            for h in proto.requests.values()
+            if h.task is not None and not h.task.done()
+        ]
+        for proto in list(state.connections):
+            proto.abort()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5.0)
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        await self.app.shutdown()
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.shutdown()
