@@ -24,7 +24,7 @@ import contextlib
 import logging
 import socket
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..protocol import (
     NEED_DATA,
@@ -261,9 +261,9 @@ class FastCGIProtocol(asyncio.Protocol):
 
     # ----------------------------------------------------------------- connection
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
         state = self.state
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
         self.loop = state.loop
         self.codec = ServerConnection(
             limits=state.limits,
