@@ -286,7 +286,7 @@ class FastCGIProtocol(asyncio.Protocol):
                 state.config.max_connections,
             )
             self.closed = True
-            transport.abort()
+            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
