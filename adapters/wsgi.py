@@ -1,0 +1,625 @@
+"""The WSGI adapter (PEP 3333): runs a WSGI application behind the server's request seam.
+
+Theory of operation. Each request makes exactly one hop into a worker thread (anyio, bounded by
+a :class:`anyio.CapacityLimiter`). That hop builds the environ, calls the application and, when
+the application returns a list or tuple (or a body that fills its ``Content-Length``), also
+iterates it and hands back the whole CGI response: the loop then sends it with a single
+``await request.end(...)``. Only bodies that truly stream (generators, file wrappers, ``write()``)
+hop back to the event loop, once per chunk, through ``anyio.from_thread.run``; each of those
+blocks the application thread on the connection's flow control, so nothing is ever buffered
+beyond one chunk. ``wsgi.input`` pulls the request body the same way, one chunk at a time.
+
+Failure rules (DESIGN.md §3): an application that fails before any response byte left gets a
+500 of our own (nginx turns a missing header block into a 502); one that fails after the
+response started gets :meth:`Request.fail`, so the client sees a broken response rather than a
+clean short one. A gone client is not an application error: it is logged at debug level.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Any, Final, TypeAlias
+
+import anyio
+from anyio.from_thread import run as _from_thread
+from anyio.to_thread import run_sync as _to_thread
+
+from fcgi_async.cgi import STRIPPED_PARAMS, is_https, split_path
+from fcgi_async.protocol import Role
+from fcgi_async.types import ClientDisconnected, Request
+
+if TYPE_CHECKING:
+    from wsgiref.types import WSGIApplication
+
+__all__ = ["FileWrapper", "WSGIAdapter"]
+
+#: Read size for :class:`FileWrapper` over a real file, and the unit in which streamed files
+#: go to the loop: large enough that the per-chunk thread hop is noise next to the copy.
+FILE_BLOCK_SIZE: Final = 64 * 1024
+
+#: A list/tuple body with several chunks is joined into the single final write up to this size;
+#: larger ones go out chunk by chunk so we never hold a second copy of a big response.
+MAX_JOINED_BODY: Final = 1024 * 1024
+
+#: ``wsgi.errors`` text without a newline is held at most this long before it is emitted, so a
+#: chatty application without newlines cannot grow our memory.
+MAX_ERRORS_LINE: Final = 8 * 1024
+
+#: The response we send when the application fails before any byte of its own went out.
+INTERNAL_ERROR_RESPONSE: Final = (
+    b"Status: 500 Internal Server Error\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 21\r\n"
+    b"\r\n"
+    b"Internal Server Error"
+)
+
+ExcInfo: TypeAlias = (
+    tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
+)
+
+_ROLE_NAMES: Final = {role: role.name for role in Role}
+# Params that never reach the application: httpoxy, and the HTTP_ copies of the two headers
+# CGI already carries as CONTENT_TYPE/CONTENT_LENGTH (RFC 3875 §4.1.18; wsgiref.validate
+# rejects them).
+_DROPPED: Final = (
+    *(name.decode("latin-1") for name in sorted(STRIPPED_PARAMS)),
+    "HTTP_CONTENT_LENGTH",
+)
+
+
+class FileWrapper:
+    """``wsgi.file_wrapper``: iterate a file-like object in blocks (PEP 3333 "Optional
+    Platform-Specific File Handling").
+
+    Over a real file (one with a working ``fileno()``) blocks are at least
+    :data:`FILE_BLOCK_SIZE`, whatever ``blksize`` the application suggested.
+
+    Args:
+        filelike: an object with ``read(size)``; its ``close()`` is called by :meth:`close`.
+        blksize: the suggested block size.
+    """
+
+    __slots__ = ("blksize", "filelike")
+
+    def __init__(self, filelike: IO[bytes], blksize: int = FILE_BLOCK_SIZE) -> None:
+        self.filelike = filelike
+        self.blksize = blksize
+
+    def __iter__(self) -> Iterator[bytes]:
+        """Yield the file's content in blocks until ``read`` returns nothing."""
+        size = self.blksize
+        if size < FILE_BLOCK_SIZE:
+            try:
+                self.filelike.fileno()
+            except (AttributeError, OSError, ValueError):
+                pass
+            else:
+                size = FILE_BLOCK_SIZE
+        read = self.filelike.read
+        while chunk := read(size):
+            yield chunk
+
+    def close(self) -> None:
+        """Close the wrapped object if it can be closed (the server calls this once)."""
+        close = getattr(self.filelike, "close", None)
+        if close is not None:
+            close()
+
+
+class _Input:
+    """``wsgi.input``: the request body, pulled from the loop one chunk at a time.
+
+    Holds at most one received chunk; reads that ask for more accumulate only what they
+    return. Simulates end-of-file at CONTENT_LENGTH; without one, reads until the body ends
+    (``wsgi.input_terminated``). Raises :class:`ClientDisconnected` if the client goes away.
+    """
+
+    __slots__ = ("_buf", "_eof", "_pos", "_receive", "_remaining")
+
+    def __init__(
+        self, receive: Callable[[], Coroutine[Any, Any, bytes]], length: int | None
+    ) -> None:
+        self._receive = receive
+        self._remaining = length
+        self._eof = length == 0
+        self._buf = b""
+        self._pos = 0
+
+    def _fill(self) -> bool:
+        """Replace the (consumed) buffer with the next chunk; False at end of body."""
+        if self._eof:
+            return False
+        chunk: bytes = _from_thread(self._receive)
+        if not chunk:
+            self._eof = True
+            return False
+        remaining = self._remaining
+        if remaining is not None:
+            if len(chunk) >= remaining:
+                chunk = chunk[:remaining]
+                self._eof = True
+            self._remaining = remaining - len(chunk)
+        self._buf = chunk
+        self._pos = 0
+        return True
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        """Read ``size`` bytes (fewer only at end of body); all that is left if omitted."""
+        if size is None or size < 0:
+            parts = [self._buf[self._pos :]]
+            while self._fill():
+                parts.append(self._buf)
+            self._buf = b""
+            self._pos = 0
+            return b"".join(parts)
+        buf, pos = self._buf, self._pos
+        available = len(buf) - pos
+        if available >= size:
+            self._pos = pos + size
+            if pos == 0 and available == size:
+                self._buf = b""
+                self._pos = 0
+                return buf
+            return buf[pos : pos + size]
+        parts = [buf[pos:]] if available else []
+        wanted = size - available
+        self._buf = b""
+        self._pos = 0
+        while wanted and self._fill():
+            buf = self._buf
+            if len(buf) <= wanted:
+                parts.append(buf)
+                wanted -= len(buf)
+                self._buf = b""
+            else:
+                parts.append(buf[:wanted])
+                self._pos = wanted
+                wanted = 0
+        return b"".join(parts)
+
+    def readline(self, size: int | None = -1, /) -> bytes:
+        """Read one line including its ``\\n``, at most ``size`` bytes if given."""
+        limit = -1 if size is None else size
+        if limit == 0:
+            return b""
+        parts: list[bytes] = []
+        have = 0
+        while True:
+            buf, pos = self._buf, self._pos
+            if pos >= len(buf):
+                if not self._fill():
+                    break
+                buf, pos = self._buf, 0
+            end = buf.find(b"\n", pos) + 1
+            if end == 0:
+                end = len(buf)
+            if limit >= 0 and have + end - pos > limit:
+                end = pos + limit - have
+            parts.append(buf[pos:end])
+            have += end - pos
+            self._pos = end
+            if buf[end - 1 : end] == b"\n" or have == limit:
+                break
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def readlines(self, hint: int | None = -1, /) -> list[bytes]:
+        """Read lines until end of body, or until they total at least ``hint`` bytes."""
+        lines: list[bytes] = []
+        total = 0
+        while line := self.readline():
+            lines.append(line)
+            total += len(line)
+            if hint is not None and 0 < hint <= total:
+                break
+        return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        """Iterate over lines."""
+        return self
+
+    def __next__(self) -> bytes:
+        """The next line; StopIteration at end of body."""
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+
+class _Errors:
+    """``wsgi.errors``: text goes to the web server as STDERR records and to the request log.
+
+    Output is line-buffered (flushed at a newline, at :data:`MAX_ERRORS_LINE`, on ``flush()``
+    and when the request ends) so one line is one log record and one STDERR write.
+    """
+
+    __slots__ = ("_gone", "_logger", "_pending", "_send")
+
+    def __init__(self, request: Request) -> None:
+        self._send = request.send_stderr
+        self._logger = request.logger
+        self._pending = ""
+        self._gone = False
+
+    def write(self, s: str, /) -> None:
+        """Write text; complete lines are emitted at once."""
+        if not isinstance(s, str):
+            raise TypeError(f"wsgi.errors.write() takes str, not {type(s).__name__}")
+        pending = self._pending + s
+        if "\n" not in s and len(pending) < MAX_ERRORS_LINE:
+            self._pending = pending
+            return
+        text, newline, rest = pending.rpartition("\n")
+        if not newline:
+            text, rest = pending, ""
+        self._pending = rest
+        self._emit(text)
+
+    def writelines(self, seq: Iterable[str], /) -> None:
+        """Write each string of ``seq``."""
+        for s in seq:
+            self.write(s)
+
+    def flush(self) -> None:
+        """Emit any partial line."""
+        if self._pending:
+            text, self._pending = self._pending, ""
+            self._emit(text)
+
+    def _emit(self, text: str) -> None:
+        self._logger.error("%s", text)
+        if self._gone:
+            return
+        try:
+            _from_thread(self._send, (text + "\n").encode("utf-8", "backslashreplace"))
+        except ClientDisconnected:
+            self._gone = True
+        except RuntimeError:
+            # Written from a thread anyio does not know (one the application started) or
+            # after the loop stopped: the log record above is all we can do.
+            pass
+
+    def take_pending(self) -> bytes:
+        """Log and return (as STDERR bytes) the partial line left when the request ends."""
+        text, self._pending = self._pending, ""
+        if not text or self._gone:
+            return b""
+        self._logger.error("%s", text)
+        return (text + "\n").encode("utf-8", "backslashreplace")
+
+
+def _build_head(status: str, headers: list[tuple[str, str]]) -> tuple[bytes, int | None]:
+    """Encode the CGI header block and find the Content-Length; ValueError if it is unsafe."""
+    if type(status) is not str:
+        raise TypeError(f"status must be str, not {type(status).__name__}")
+    if not (len(status) >= 3 and status[:3].isdigit() and (len(status) == 3 or status[3] == " ")):
+        raise ValueError(f"malformed status {status!r}")
+    lines = ["Status: ", status, "\r\n"]
+    append = lines.append
+    length: int | None = None
+    for name, value in headers:
+        if type(name) is not str or type(value) is not str:
+            raise TypeError(f"header names and values must be str: {(name, value)!r}")
+        append(name)
+        append(": ")
+        append(value)
+        append("\r\n")
+        if len(name) == 14 and name.lower() == "content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                length = None
+            else:
+                if length < 0:
+                    length = None
+    append("\r\n")
+    block = "".join(lines)
+    # Every line ends in exactly one CRLF that we wrote; any other CR, LF or NUL came from the
+    # application and would split the response.
+    crlf = len(headers) + 2
+    if block.count("\n") != crlf or block.count("\r") != crlf or "\0" in block:
+        raise ValueError("response status or header contains CR, LF or NUL")
+    try:
+        return block.encode("latin-1"), length
+    except UnicodeEncodeError:
+        raise ValueError("response status or header is not latin-1") from None
+
+
+class _Call:
+    """One request's WSGI state. Everything but the constructor runs in the worker thread."""
+
+    __slots__ = (
+        "_adapter",
+        "_head",
+        "_remaining",
+        "_send_stdout",
+        "errors",
+        "request",
+        "sent",
+    )
+
+    def __init__(self, adapter: WSGIAdapter, request: Request) -> None:
+        self._adapter = adapter
+        self.request = request
+        self.errors = _Errors(request)
+        self._send_stdout = request.send_stdout
+        self._head: bytes | None = None
+        self._remaining: int | None = None
+        #: The header block was committed (handed to the loop, or returned for ``end``).
+        self.sent = False
+
+    # -- PEP 3333 callables -----------------------------------------------------------------
+    def start_response(
+        self,
+        status: str,
+        headers: list[tuple[str, str]],
+        exc_info: ExcInfo | None = None,
+    ) -> Callable[[bytes], object]:
+        """PEP 3333 ``start_response``; returns :meth:`write`.
+
+        Raises:
+            BaseException: ``exc_info``'s exception, when headers were already sent.
+            RuntimeError: called again without ``exc_info``.
+            ValueError: the status or a header is malformed or holds CR, LF or NUL.
+        """
+        if exc_info is not None:
+            try:
+                if self.sent and exc_info[1] is not None:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None  # break the frame <-> traceback cycle
+        elif self._head is not None:
+            raise RuntimeError("start_response() called again without exc_info")
+        try:
+            self._head, self._remaining = _build_head(status, headers)
+        except ValueError as exc:
+            self._adapter._logger.error(
+                "refusing WSGI response (%s): status %r, headers %r", exc, status, headers
+            )
+            raise
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        """PEP 3333 ``write()``: send ``data`` now, blocking on flow control.
+
+        Raises:
+            ClientDisconnected: the client is gone.
+        """
+        if self._head is None:
+            raise RuntimeError("write() called before start_response()")
+        if data:
+            self._send(data if type(data) is bytes else bytes(data))
+
+    # -- the worker thread ------------------------------------------------------------------
+    def _send(self, data: bytes) -> None:
+        remaining = self._remaining
+        if remaining is not None:
+            if len(data) > remaining:
+                data = data[:remaining]
+            self._remaining = remaining - len(data)
+        if not self.sent:
+            head = self._head
+            if head is None:
+                raise RuntimeError("the application yielded a body before start_response()")
+            self.sent = True
+            data = head + data
+        elif not data:
+            return
+        _from_thread(self._send_stdout, data)
+
+    def _finish(self, body: bytes) -> bytes:
+        """The final write: the (truncated) body, preceded by the header block if unsent."""
+        remaining = self._remaining
+        if remaining is not None and len(body) > remaining:
+            body = body[:remaining]
+        if self.sent:
+            return body
+        head = self._head
+        if head is None:
+            raise RuntimeError("the application returned without calling start_response()")
+        self.sent = True
+        return head + body if body else head
+
+    def run(self) -> bytes | None:
+        """Call the application; return the response's last bytes, or None if the client left.
+
+        Always calls the result's ``close()``.
+        """
+        adapter = self._adapter
+        result = adapter.app(adapter._environ(self.request, self.errors), self.start_response)
+        try:
+            if type(result) is list or type(result) is tuple:
+                return self._sequence(result)
+            return self._stream(result)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+
+    def _sequence(self, result: Sequence[bytes]) -> bytes | None:
+        # No application code runs while iterating a list, so it all goes out in one write.
+        count = len(result)
+        if count == 1:
+            body = result[0]
+        elif count == 0:
+            body = b""
+        else:
+            if sum(map(len, result)) > MAX_JOINED_BODY:
+                return self._stream(result)
+            return self._finish(b"".join(result))
+        return self._finish(body if type(body) is bytes else bytes(body))
+
+    def _stream(self, result: Iterable[bytes]) -> bytes | None:
+        try:
+            for chunk in result:
+                if not chunk:
+                    continue
+                if type(chunk) is not bytes:
+                    chunk = bytes(chunk)
+                remaining = self._remaining
+                if remaining is not None and len(chunk) >= remaining:
+                    # The body is complete (PEP 3333: stop iterating once Content-Length is
+                    # reached), so this chunk rides with END_REQUEST in one write.
+                    return self._finish(chunk)
+                self._send(chunk)
+        except ClientDisconnected:
+            if not self.request.disconnected:
+                raise
+            return None
+        return self._finish(b"")
+
+
+class WSGIAdapter:
+    """Serve a WSGI (PEP 3333) application as a FastCGI :class:`~fcgi_async.types.Application`.
+
+    Args:
+        app: the WSGI application callable.
+        threads: how many requests may run application code at once (worker threads).
+        root_path: the application's mount point (``--root-path``); when set it is always
+            SCRIPT_NAME and the rest of the decoded path is PATH_INFO. ``None`` trusts the web
+            server's split (see :mod:`fcgi_async.cgi`). Encoded as UTF-8 to match the path.
+        logger: where application errors and refused responses are logged; defaults to
+            ``logging.getLogger("fcgi_async.adapters.wsgi")``.
+        multiprocess: the value of ``wsgi.multiprocess`` (True under a prefork supervisor).
+
+    Raises:
+        ValueError: ``threads`` is less than 1.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        *,
+        threads: int = 10,
+        root_path: str | None = None,
+        logger: logging.Logger | None = None,
+        multiprocess: bool = False,
+    ) -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, not {threads}")
+        self.app = app
+        self.threads = threads
+        self._root_path = None if root_path is None else root_path.encode("utf-8")
+        self._logger = logger or logging.getLogger("fcgi_async.adapters.wsgi")
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._static: dict[str, Any] = {
+            "wsgi.version": (1, 0),
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": multiprocess,
+            "wsgi.run_once": False,
+            "wsgi.input_terminated": True,
+            "wsgi.file_wrapper": FileWrapper,
+        }
+
+    async def startup(self) -> None:
+        """Create the thread limiter; WSGI has no start-up of its own."""
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.threads)
+
+    async def shutdown(self) -> None:
+        """Nothing to do: WSGI has no shutdown hook."""
+
+    def _environ(self, request: Request, errors: _Errors) -> dict[str, Any]:
+        """Build the PEP 3333 environ of ``request``: a fresh dict of latin-1 ``str``.
+
+        Never reads or writes ``os.environ``.
+        """
+        params = request.params
+        env: dict[str, Any] = {k.decode("latin-1"): v.decode("latin-1") for k, v in params.items()}
+        pop = env.pop
+        for name in _DROPPED:
+            pop(name, None)
+        content_type = pop("HTTP_CONTENT_TYPE", None)
+        if not env.get("CONTENT_TYPE"):
+            if content_type:
+                env["CONTENT_TYPE"] = content_type
+            else:
+                pop("CONTENT_TYPE", None)
+        length: int | None = None
+        content_length = env.get("CONTENT_LENGTH")
+        if content_length:
+            try:
+                length = int(content_length)
+            except ValueError:
+                length = None
+            else:
+                if length < 0:
+                    length = None
+        else:
+            pop("CONTENT_LENGTH", None)
+        path = split_path(params, self._root_path)
+        env["SCRIPT_NAME"] = path.script_name.decode("latin-1")
+        env["PATH_INFO"] = path.path_info.decode("latin-1")
+        env["QUERY_STRING"] = path.query_string.decode("latin-1")
+        https = is_https(params)
+        if not env.get("REQUEST_METHOD"):
+            env["REQUEST_METHOD"] = "GET"
+        if not env.get("SERVER_NAME"):
+            host = env.get("HTTP_HOST") or "localhost"
+            env["SERVER_NAME"] = (
+                host[: host.find("]") + 1] if host.startswith("[") else host.partition(":")[0]
+            )
+        if not env.get("SERVER_PORT"):
+            env["SERVER_PORT"] = "443" if https else "80"
+        if not env.get("SERVER_PROTOCOL"):
+            env["SERVER_PROTOCOL"] = "HTTP/1.1"
+        env["FCGI_ROLE"] = _ROLE_NAMES[request.role]
+        env.update(self._static)
+        env["wsgi.url_scheme"] = "https" if https else "http"
+        env["wsgi.input"] = _Input(request.receive, length)
+        env["wsgi.errors"] = errors
+        if request.role == Role.FILTER:
+            data_length = env.get("FCGI_DATA_LENGTH")
+            env["fcgi.data"] = _Input(
+                request.receive_data,
+                int(data_length) if data_length and data_length.isdigit() else None,
+            )
+        return env
+
+    async def __call__(self, request: Request) -> None:
+        """Serve one request: run the application in a worker thread and send its response."""
+        limiter = self._limiter
+        if limiter is None:
+            limiter = self._limiter = anyio.CapacityLimiter(self.threads)
+        call = _Call(self, request)
+        try:
+            last = await _to_thread(call.run, limiter=limiter)
+        except Exception as exc:
+            await self._failed(request, call, exc)
+            return
+        if last is None:
+            self._logger.debug("client went away during %s", _describe(request))
+            return
+        try:
+            stderr = call.errors.take_pending()
+            if stderr:
+                await request.send_stderr(stderr)
+            await request.end(last)
+        except ClientDisconnected:
+            self._logger.debug("client went away during %s", _describe(request))
+
+    async def _failed(self, request: Request, call: _Call, exc: Exception) -> None:
+        if request.disconnected or isinstance(exc, ClientDisconnected):
+            self._logger.debug("client went away during %s: %r", _describe(request), exc)
+            return
+        self._logger.error("Exception in WSGI application (%s)", _describe(request), exc_info=exc)
+        if request.response_started:
+            request.fail()
+            return
+        try:
+            stderr = call.errors.take_pending()
+            if stderr:
+                await request.send_stderr(stderr)
+            await request.end(INTERNAL_ERROR_RESPONSE)
+        except ClientDisconnected:
+            self._logger.debug("client went away during %s", _describe(request))
+
+
+def _describe(request: Request) -> str:
+    """``METHOD URI`` of a request, for log lines."""
+    params = request.params
+    method = params.get(b"REQUEST_METHOD", b"-").decode("latin-1")
+    uri = (params.get(b"REQUEST_URI") or params.get(b"SCRIPT_NAME") or b"-").decode("latin-1")
+    return f"{method} {uri}"
