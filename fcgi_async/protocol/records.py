@@ -33,9 +33,10 @@ _LEN4: Final = struct.Struct(">I")
 
 #: Payloads up to this size are copied into one ``bytes`` with their header (one buffer per
 #: record beats a list for small writes); larger ones are passed on as memoryview slices.
-_JOIN_BELOW: Final = 16 * 1024
+JOIN_BELOW: Final = 16 * 1024
 
-_PADDING: Final = tuple(b"\x00" * n for n in range(8))
+#: Zero bytes that pad a record of content length n to a multiple of 8: ``PADDING[-n & 7]``.
+PADDING: Final = tuple(b"\x00" * n for n in range(8))
 
 Buffers = list[bytes | memoryview]
 """What the encoders return: buffers for ``transport.writelines``, in order."""
@@ -54,7 +55,7 @@ def encode_record(rtype: int, request_id: int, content: bytes = b"") -> bytes:
     """Return one whole padded record holding ``content`` (at most 65535 bytes)."""
     n = len(content)
     pad = -n & 7
-    return pack_header(rtype, request_id, n, pad) + content + _PADDING[pad]
+    return pack_header(rtype, request_id, n, pad) + content + PADDING[pad]
 
 
 def encode_stream(rtype: int, request_id: int, data: bytes | memoryview) -> Buffers:
@@ -62,16 +63,15 @@ def encode_stream(rtype: int, request_id: int, data: bytes | memoryview) -> Buff
 
     An empty ``data`` yields no records: the stream's closing empty record is written
     explicitly with :func:`encode_record`, because an empty record *ends* a stream (spec §3.3).
+    A memoryview of any item size is framed by its bytes (``nbytes``), not its items.
     """
-    n = len(data)
+    n = data.nbytes if isinstance(data, memoryview) else len(data)
     if n == 0:
         return []
-    if n < _JOIN_BELOW:
+    if n < JOIN_BELOW:
         pad = -n & 7
-        return [
-            HEADER.pack(FCGI_VERSION_1, rtype, request_id, n, pad) + bytes(data) + _PADDING[pad]
-        ]
-    view = memoryview(data)
+        return [HEADER.pack(FCGI_VERSION_1, rtype, request_id, n, pad) + bytes(data) + PADDING[pad]]
+    view = memoryview(data).cast("B")  # slice by bytes, whatever the exporter's format
     out: Buffers = []
     # 65528 = largest multiple of 8 under 65535: full records then need no padding.
     step = MAX_CONTENT_LENGTH & ~7
@@ -82,7 +82,7 @@ def encode_stream(rtype: int, request_id: int, data: bytes | memoryview) -> Buff
         out.append(HEADER.pack(FCGI_VERSION_1, rtype, request_id, size, pad))
         out.append(chunk)
         if pad:
-            out.append(_PADDING[pad])
+            out.append(PADDING[pad])
     return out
 
 

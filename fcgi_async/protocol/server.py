@@ -25,6 +25,7 @@ from .constants import (
     DATA,
     END_REQUEST,
     FCGI_KEEP_CONN,
+    FCGI_VERSION_1,
     GET_VALUES,
     GET_VALUES_RESULT,
     MAX_CONTENT_LENGTH,
@@ -54,6 +55,8 @@ from .limits import Limits
 from .records import (
     BEGIN_BODY,
     HEADER,
+    JOIN_BELOW,
+    PADDING,
     Buffers,
     decode_pairs,
     encode_end_request,
@@ -66,7 +69,6 @@ from .records import (
 #: Record types only an application sends; receiving one with a request id is a broken peer.
 _WRONG_DIRECTION = frozenset({END_REQUEST, STDOUT, STDERR, GET_VALUES_RESULT, UNKNOWN_TYPE})
 _STREAM_INPUT = frozenset({PARAMS, STDIN, DATA})
-_PADDING = tuple(b"\x00" * n for n in range(8))
 
 #: Bytes that every FastCGI peer rejects as a record header (version 0): nginx answers
 #: "upstream sent unsupported FastCGI protocol version" and drops the client connection
@@ -320,16 +322,15 @@ class ServerConnection:
         del self._requests[request_id]
         if not req.keep_conn:
             self.close_requested = True
-        n = len(stdout)
-        tail = HEADER.pack(1, STDOUT, request_id, 0, 0)
+        n = stdout.nbytes if isinstance(stdout, memoryview) else len(stdout)
+        tail = HEADER.pack(FCGI_VERSION_1, STDOUT, request_id, 0, 0)
         if req.stderr_used:
-            tail += HEADER.pack(1, STDERR, request_id, 0, 0)
+            tail += HEADER.pack(FCGI_VERSION_1, STDERR, request_id, 0, 0)
         tail += encode_end_request(request_id, app_status, protocol_status)
-        if 0 < n < 16384:
+        if 0 < n < JOIN_BELOW:
             pad = -n & 7
-            return [
-                HEADER.pack(1, STDOUT, request_id, n, pad) + bytes(stdout) + _PADDING[pad] + tail
-            ]
+            head = HEADER.pack(FCGI_VERSION_1, STDOUT, request_id, n, pad)
+            return [head + bytes(stdout) + PADDING[pad] + tail]
         out = encode_stream(STDOUT, request_id, stdout)
         out.append(tail)
         return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import array
+
 import pytest
 
 from fcgi_async.protocol import (
@@ -150,3 +152,24 @@ class TestBreakConnection:
         pair.server.break_connection()
         with pytest.raises(RemoteProtocolError):
             pair.server.next_event()
+
+
+class TestWideMemoryviews:
+    """A memoryview whose items are wider than a byte is framed by its bytes, not its items."""
+
+    @pytest.mark.parametrize("count", [3, 5000, 40_000])
+    def test_send_stdout(self, count: int) -> None:
+        pair = _begun()
+        words = array.array("I", range(count))
+        wire = pair.server.send_stdout(1, memoryview(words))
+        records = parse_wire(wire)
+        _check_framing(records)
+        assert b"".join(r.content for r in records) == words.tobytes()
+
+    @pytest.mark.parametrize("count", [3, 5000, 40_000])
+    def test_end_request(self, count: int) -> None:
+        pair = _begun()
+        words = array.array("H", range(count))
+        events = pair.to_client(pair.server.end_request(1, memoryview(words)))
+        assert b"".join(e.data for e in events if isinstance(e, StdoutReceived)) == words.tobytes()
+        assert events[-1] == RequestEnded(1, 0, ProtocolStatus.REQUEST_COMPLETE)
