@@ -10,8 +10,9 @@ oversized pair, never ``IndexError`` or ``struct.error``.
 
 from __future__ import annotations
 
+import os
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
 from .constants import (
@@ -123,7 +124,7 @@ def encode_pairs(pairs: Mapping[bytes, bytes] | Iterable[tuple[bytes, bytes]]) -
     return b"".join(parts)
 
 
-def decode_pairs(data: bytes | bytearray, max_pairs: int) -> list[tuple[bytes, bytes]]:
+def _decode_pairs_py(data: bytes | bytearray, max_pairs: int) -> list[tuple[bytes, bytes]]:
     """Decode a complete name-value stream into ``(name, value)`` pairs, in order.
 
     This runs once per request over ~20-40 pairs, so it is written for speed: lengths are
@@ -168,3 +169,34 @@ def decode_pairs(data: bytes | bytearray, max_pairs: int) -> list[tuple[bytes, b
         append((data[pos:nend], data[nend:vend]))
         pos = vend
     return out
+
+
+DecodePairs = Callable[[bytes | bytearray, int], list[tuple[bytes, bytes]]]
+
+
+def select_decode_pairs(use_speedups: bool) -> DecodePairs:
+    """Return the C pair decoder when asked for and built, else the pure-Python reference.
+
+    The accelerator (``_speedups``, built by pip when a compiler is present) must behave
+    exactly like :func:`_decode_pairs_py`, error messages included.
+    """
+    if use_speedups:
+        try:
+            from . import _speedups
+        except ImportError:
+            pass
+        else:
+            c_decode = _speedups.decode_pairs
+
+            def decode_pairs_c(
+                data: bytes | bytearray, max_pairs: int
+            ) -> list[tuple[bytes, bytes]]:
+                return c_decode(data, max_pairs, RemoteProtocolError)
+
+            decode_pairs_c.__doc__ = _decode_pairs_py.__doc__
+            return decode_pairs_c
+    return _decode_pairs_py
+
+
+#: ``FCGI_ASYNC_NO_SPEEDUPS=1`` forces the pure-Python decoder (to test or debug it).
+decode_pairs: DecodePairs = select_decode_pairs(not os.environ.get("FCGI_ASYNC_NO_SPEEDUPS"))

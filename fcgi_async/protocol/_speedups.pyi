@@ -1,0 +1,3 @@
+def decode_pairs(
+    data: bytes | bytearray, max_pairs: int, error: type[Exception], /
+) -> list[tuple[bytes, bytes]]: ...

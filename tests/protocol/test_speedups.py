@@ -1,0 +1,62 @@
+"""The optional C pair decoder behaves exactly like the pure-Python reference."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fcgi_async.protocol import RemoteProtocolError, encode_pairs, records
+
+PY = records.select_decode_pairs(False)
+C = records.select_decode_pairs(True)
+
+pytestmark = pytest.mark.skipif(
+    C is PY, reason="the C accelerator was not built (no compiler at install time)"
+)
+
+
+def outcome(decode: records.DecodePairs, data: bytes, max_pairs: int) -> object:
+    try:
+        return decode(data, max_pairs)
+    except RemoteProtocolError as exc:
+        return ("error", str(exc))
+
+
+def test_python_reference_is_selected_when_speedups_are_off() -> None:
+    assert PY is records._decode_pairs_py
+
+
+@given(
+    st.lists(st.tuples(st.binary(max_size=300), st.binary(max_size=300)), max_size=20),
+    st.integers(min_value=1, max_value=25),
+)
+@settings(max_examples=300, deadline=None)
+def test_same_result_on_valid_streams(pairs: list[tuple[bytes, bytes]], max_pairs: int) -> None:
+    data = encode_pairs(pairs)
+    assert outcome(C, data, max_pairs) == outcome(PY, data, max_pairs)
+    assert outcome(C, bytearray(data), max_pairs) == outcome(PY, data, max_pairs)
+
+
+@given(st.binary(max_size=200), st.integers(min_value=1, max_value=10))
+@settings(max_examples=500, deadline=None)
+def test_same_result_on_arbitrary_bytes(data: bytes, max_pairs: int) -> None:
+    assert outcome(C, data, max_pairs) == outcome(PY, data, max_pairs)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x80",  # truncated 4-byte name length
+        b"\x01",  # no value length
+        b"\x01\x80\x00",  # truncated 4-byte value length
+        b"\x01\x01a",  # value missing
+        b"\xff\xff\xff\xff\x00",  # 2 GiB name in a 5-byte stream
+        b"\x00\xff\xff\xff\xff",  # 2 GiB value
+    ],
+)
+def test_same_errors_on_truncated_pairs(data: bytes) -> None:
+    result = outcome(C, data, 10)
+    assert result == outcome(PY, data, 10)
+    assert isinstance(result, tuple)
+    assert result[0] == "error"
