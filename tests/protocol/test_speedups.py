@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,7 +13,7 @@ from fcgi_async.protocol import RemoteProtocolError, encode_pairs, records
 PY = records.select_decode_pairs(False)
 C = records.select_decode_pairs(True)
 
-pytestmark = pytest.mark.skipif(
+needs_c = pytest.mark.skipif(
     C is PY, reason="the C accelerator was not built (no compiler at install time)"
 )
 
@@ -27,6 +29,17 @@ def test_python_reference_is_selected_when_speedups_are_off() -> None:
     assert PY is records._decode_pairs_py
 
 
+def test_python_reference_is_the_fallback_when_the_extension_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import fcgi_async.protocol
+
+    monkeypatch.delattr(fcgi_async.protocol, "_speedups", raising=False)
+    monkeypatch.setitem(sys.modules, "fcgi_async.protocol._speedups", None)
+    assert records.select_decode_pairs(True) is records._decode_pairs_py
+
+
+@needs_c
 @given(
     st.lists(st.tuples(st.binary(max_size=300), st.binary(max_size=300)), max_size=20),
     st.integers(min_value=1, max_value=25),
@@ -35,15 +48,17 @@ def test_python_reference_is_selected_when_speedups_are_off() -> None:
 def test_same_result_on_valid_streams(pairs: list[tuple[bytes, bytes]], max_pairs: int) -> None:
     data = encode_pairs(pairs)
     assert outcome(C, data, max_pairs) == outcome(PY, data, max_pairs)
-    assert outcome(C, bytearray(data), max_pairs) == outcome(PY, data, max_pairs)
+    assert outcome(C, bytearray(data), max_pairs) == outcome(PY, bytearray(data), max_pairs)
 
 
+@needs_c
 @given(st.binary(max_size=200), st.integers(min_value=1, max_value=10))
 @settings(max_examples=500, deadline=None)
 def test_same_result_on_arbitrary_bytes(data: bytes, max_pairs: int) -> None:
     assert outcome(C, data, max_pairs) == outcome(PY, data, max_pairs)
 
 
+@needs_c
 @pytest.mark.parametrize(
     "data",
     [
