@@ -62,6 +62,7 @@ class RequestHandle:
         "_data",
         "_data_eof",
         "_disconnect_event",
+        "_drain_waiter",
         "_proto",
         "_waiter",
         "disconnected",
@@ -87,6 +88,7 @@ class RequestHandle:
         self._data_eof = event.role != Role.FILTER
         self._waiter: asyncio.Future[None] | None = None
         self._disconnect_event: asyncio.Event | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
         self.disconnected = False
         self.done = False
         self.response_started = False
@@ -139,6 +141,14 @@ class RequestHandle:
         self._wake()
         if self._disconnect_event is not None:
             self._disconnect_event.set()
+        drain = self._drain_waiter
+        if drain is not None:
+            # An abort must reach a sender waiting on flow control now, not at resume_writing.
+            self._drain_waiter = None
+            if not drain.done():
+                drain.set_exception(
+                    ClientDisconnected(f"request {self.request_id} from {self.peer} went away")
+                )
 
     def _discard_input(self) -> int:
         size = sum(len(c) for c in self._body) + sum(len(c) for c in self._data)
@@ -191,31 +201,29 @@ class RequestHandle:
             raise ClientDisconnected(f"request {self.request_id} from {self.peer} went away")
         return self._proto
 
-    async def send_stdout(self, data: bytes) -> None:
-        """Send response bytes, waiting for flow control (see the Request protocol)."""
+    async def _writable(self) -> FastCGIProtocol:
         proto = self._check_writable()
         if proto.write_paused:
-            await proto.drain()
+            await proto.drain(self)
             proto = self._check_writable()
+        return proto
+
+    async def send_stdout(self, data: bytes) -> None:
+        """Send response bytes, waiting for flow control (see the Request protocol)."""
+        proto = await self._writable()
         if data:
             self.response_started = True
             proto.transport.writelines(proto.codec.send_stdout(self.request_id, data))
 
     async def send_stderr(self, data: bytes) -> None:
         """Send bytes on the STDERR stream."""
-        proto = self._check_writable()
-        if proto.write_paused:
-            await proto.drain()
-            proto = self._check_writable()
+        proto = await self._writable()
         if data:
             proto.transport.writelines(proto.codec.send_stderr(self.request_id, data))
 
     async def end(self, stdout: bytes = b"", app_status: int = 0) -> None:
         """Send the last bytes, close the streams and END_REQUEST in one write."""
-        proto = self._check_writable()
-        if proto.write_paused:
-            await proto.drain()
-            proto = self._check_writable()
+        proto = await self._writable()
         if stdout:
             self.response_started = True
         self.done = True
@@ -306,11 +314,13 @@ class FastCGIProtocol(asyncio.Protocol):
         codec = self.codec
         codec.receive_data(data)
         requests = self.requests
+        progressed = False
         try:
             while True:
                 event = codec.next_event()
                 if event is NEED_DATA:
                     break
+                progressed = True
                 cls = type(event)
                 if cls is RequestReceived:
                     self._start_request(event)  # type: ignore[arg-type]
@@ -348,19 +358,25 @@ class FastCGIProtocol(asyncio.Protocol):
             return
         out = codec.data_to_send()
         if out:
+            progressed = True
             self.transport.write(out)
             if codec.close_requested and not requests:
                 self._close_when_flushed()
-        self.partial_since = (
-            (self.partial_since or self.loop.time()) if codec.has_partial_record else None
-        )
+        if not codec.has_partial_record:
+            self.partial_since = None
+        elif progressed or self.partial_since is None:
+            # A record completed: the half one is new. A long upload whose reads end mid-record
+            # is progress, not a slowloris; only a record that stays incomplete is.
+            self.partial_since = self.loop.time()
 
     def _start_request(self, event: RequestReceived) -> None:
         handle = RequestHandle(self, event)
         self.requests[event.request_id] = handle
         self.idle_since = None
-        self.state.request_started()
-        handle.task = self.loop.create_task(self._run(handle))
+        handle.task = task = self.loop.create_task(self._run(handle))
+        # Counted until the task ends, not until END_REQUEST: shutdown must wait for (or
+        # cancel) application code that outlives its response, an abort or a broken connection.
+        self.state.request_started(task)
 
     async def _run(self, handle: RequestHandle) -> None:
         try:
@@ -393,7 +409,9 @@ class FastCGIProtocol(asyncio.Protocol):
         if handle.disconnected:
             handle.done = True
             self.request_finished(handle)
-        elif not handle.response_started and not self.write_paused:
+        elif not handle.response_started:
+            # Written even while writing is paused: a 500 costs ~150 bytes over the high-water
+            # mark, where fail() would break every other request on this connection.
             logger.error(
                 "request %d from %s: application finished without a response; sent 500",
                 handle.request_id,
@@ -419,10 +437,9 @@ class FastCGIProtocol(asyncio.Protocol):
             self.request_finished(handle)
 
     def request_finished(self, handle: RequestHandle) -> None:
-        """Forget a request once its END_REQUEST (or failure) is written."""
+        """Forget a request (free its id) once its END_REQUEST (or failure) is written."""
         if self.requests.pop(handle.request_id, None) is None:
             return
-        self.state.request_finished()
         leftover = handle._discard_input()
         if leftover:
             self.body_consumed(leftover)
@@ -437,6 +454,9 @@ class FastCGIProtocol(asyncio.Protocol):
         self.buffered -= size
         if self.read_paused and self.buffered <= self.state.config.max_body_buffer_bytes // 2:
             self.read_paused = False
+            if self.partial_since is not None:
+                # The half record waited on us, not on the peer: its timer starts again.
+                self.partial_since = self.loop.time()
             if not self.closed:
                 self.transport.resume_reading()
 
@@ -455,11 +475,14 @@ class FastCGIProtocol(asyncio.Protocol):
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def drain(self) -> None:
+    async def drain(self, handle: RequestHandle | None = None) -> None:
         """Wait until the transport's write buffer is below its low-water mark.
 
+        Args:
+            handle: the request waiting; its abort or disconnect ends the wait too.
+
         Raises:
-            ClientDisconnected: the connection was lost while waiting.
+            ClientDisconnected: the connection was lost (or ``handle`` aborted) while waiting.
         """
         if self.closed:
             raise ClientDisconnected(f"connection from {self.peer} lost")
@@ -467,7 +490,13 @@ class FastCGIProtocol(asyncio.Protocol):
             return
         waiter = self.loop.create_future()
         self._drain_waiters.append(waiter)
-        await waiter
+        if handle is not None:
+            handle._drain_waiter = waiter
+        try:
+            await waiter
+        finally:
+            if handle is not None and handle._drain_waiter is waiter:
+                handle._drain_waiter = None
 
     # ------------------------------------------------------------------- closing
     def break_connection(self, reason: str) -> None:
@@ -507,7 +536,11 @@ class FastCGIProtocol(asyncio.Protocol):
         if self.closed:
             return
         config = self.state.config
-        if self.partial_since is not None and now - self.partial_since > config.record_timeout_s:
+        if (
+            self.partial_since is not None
+            and not self.read_paused  # we stopped reading: the peer cannot finish the record
+            and now - self.partial_since > config.record_timeout_s
+        ):
             logger.warning(
                 "closing connection from %s: record incomplete after %.0f s (--record-timeout)",
                 self.peer,

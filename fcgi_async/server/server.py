@@ -31,6 +31,8 @@ class ServerState:
         self.roles: tuple[Role, ...] = config.served_roles
         self.connections: set[FastCGIProtocol] = set()
         self.accepting = True
+        #: Application tasks still running (a request ends when its task does).
+        self.tasks: set[asyncio.Task[None]] = set()
         self.active_requests = 0
         self.total_requests = 0
         self.idle_event = asyncio.Event()
@@ -56,14 +58,21 @@ class ServerState:
         """Forget a closed connection."""
         self.connections.discard(proto)
 
-    def request_started(self) -> None:
-        """Count a request that began."""
+    def request_started(self, task: asyncio.Task[None]) -> None:
+        """Count a request whose application task began; it counts until the task is done.
+
+        Not until its END_REQUEST: application code that outlives its response, an abort or a
+        broken connection still runs, and shutdown must wait for it or cancel it.
+        """
+        self.tasks.add(task)
+        task.add_done_callback(self.request_finished)
         self.active_requests += 1
         self.total_requests += 1
         self.idle_event.clear()
 
-    def request_finished(self) -> None:
-        """Count a request that ended."""
+    def request_finished(self, task: asyncio.Task[None]) -> None:
+        """Count a request whose application task ended (its done callback)."""
+        self.tasks.discard(task)
         self.active_requests -= 1
         if self.active_requests == 0:
             self.idle_event.set()
@@ -191,12 +200,7 @@ class Server:
                 await asyncio.wait_for(state.idle_event.wait(), timeout)
             except TimeoutError:
                 logger.warning("graceful timeout: cancelling %d request(s)", state.active_requests)
-        tasks = [
-            h.task
-            for proto in list(state.connections)
-            for h in proto.requests.values()
-            if h.task is not None and not h.task.done()
-        ]
+        tasks = [task for task in state.tasks if not task.done()]
         for proto in list(state.connections):
             proto.abort()
         for task in tasks:
