@@ -140,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["critical", "error", "warning", "info", "debug"],
         help="log level (%(default)s); debug also shows tracebacks of start-up errors",
     )
+    _add_worker_arguments(p, d)
     lim = p.add_argument_group("limits (each protects memory or sockets from a bad peer)")
     lim.add_argument(
         "--no-multiplex",
@@ -194,6 +195,88 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_worker_arguments(p: argparse.ArgumentParser, d: Config) -> None:
+    """The prefork supervisor's flags (php-fpm's pm.* names where they exist)."""
+    wrk = p.add_argument_group(
+        "workers (a supervisor process forks workers that share the listening sockets)",
+        "--workers above 1, --pm dynamic|ondemand or --max-requests start a supervisor; "
+        "otherwise the server runs inline. Signals to the supervisor: TERM/INT/QUIT graceful "
+        "stop, HUP/USR2 graceful reload, TTIN/TTOU one worker more/less, USR1 reopen logs.",
+    )
+    wrk.add_argument(
+        "--workers",
+        "-w",
+        type=int,
+        default=d.workers,
+        metavar="N",
+        help="worker processes for --pm static (%(default)s: no supervisor)",
+    )
+    wrk.add_argument(
+        "--pm",
+        choices=["static", "dynamic", "ondemand"],
+        default=d.pm,
+        help="process manager, as php-fpm's pm (%(default)s)",
+    )
+    wrk.add_argument(
+        "--pm-max-children",
+        type=int,
+        default=d.pm_max_children,
+        metavar="N",
+        help="dynamic/ondemand: the most workers (%(default)s)",
+    )
+    wrk.add_argument(
+        "--pm-start",
+        type=int,
+        default=d.pm_start_servers,
+        metavar="N",
+        help="dynamic: workers at start, php-fpm's pm.start_servers (%(default)s)",
+    )
+    wrk.add_argument(
+        "--pm-min-spare",
+        type=int,
+        default=d.pm_min_spare,
+        metavar="N",
+        help="dynamic: fewest idle workers (%(default)s)",
+    )
+    wrk.add_argument(
+        "--pm-max-spare",
+        type=int,
+        default=d.pm_max_spare,
+        metavar="N",
+        help="dynamic: most idle workers (%(default)s)",
+    )
+    wrk.add_argument(
+        "--pm-idle-timeout",
+        type=float,
+        default=d.pm_idle_timeout_s,
+        metavar="S",
+        help="ondemand: stop a worker idle this long, pm.process_idle_timeout (%(default)s)",
+    )
+    wrk.add_argument(
+        "--max-requests",
+        type=int,
+        default=d.max_requests,
+        metavar="N",
+        help="recycle a worker after N requests; 0 = never. Implies a supervisor process "
+        "even with --workers 1 (%(default)s)",
+    )
+    wrk.add_argument(
+        "--max-requests-jitter",
+        type=int,
+        default=d.max_requests_jitter,
+        metavar="N",
+        help="add 0..N to each worker's --max-requests so they do not recycle together "
+        "(%(default)s)",
+    )
+    wrk.add_argument(
+        "--worker-timeout",
+        type=float,
+        default=d.worker_timeout_s,
+        metavar="S",
+        help="kill and replace a worker whose event loop was blocked this long (%(default)s)",
+    )
+
+
 #: dest -> how to parse its environment variable (str when absent).
 _ENV_TYPES: dict[str, Callable[[str], Any]] = {
     "socket_mode": _octal,
@@ -209,6 +292,15 @@ _ENV_TYPES: dict[str, Callable[[str], Any]] = {
     "max_body_buffer_bytes": int,
     "keepalive_timeout": float,
     "record_timeout": float,
+    "workers": int,
+    "pm_max_children": int,
+    "pm_start": int,
+    "pm_min_spare": int,
+    "pm_max_spare": int,
+    "pm_idle_timeout": float,
+    "max_requests": int,
+    "max_requests_jitter": int,
+    "worker_timeout": float,
 }
 
 
@@ -257,6 +349,16 @@ def config_from_args(args: argparse.Namespace) -> Config:
         backlog=args.backlog,
         socket_mode=args.socket_mode,
         log_level=args.log_level,
+        workers=args.workers,
+        pm=args.pm,
+        pm_max_children=args.pm_max_children,
+        pm_start_servers=args.pm_start,
+        pm_min_spare=args.pm_min_spare,
+        pm_max_spare=args.pm_max_spare,
+        pm_idle_timeout_s=args.pm_idle_timeout,
+        max_requests=args.max_requests,
+        max_requests_jitter=args.max_requests_jitter,
+        worker_timeout_s=args.worker_timeout,
         extra={"bind_explicit": binds is not None},
     )
 
@@ -315,6 +417,8 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
     log = logging.getLogger("fcgi_async")
     try:
         config = config_from_args(args)
+        if config.supervised:
+            return _run_supervisor(config)
         app = load_application(config)
         from .runner import run as run_server
 
@@ -330,6 +434,18 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
         _fail(log, exc, debug, with_type=True)
         return 1
     return 0
+
+
+def _run_supervisor(config: Config) -> int:
+    """Bind in this process, then fork workers that import the app themselves."""
+    from .server.listeners import close_listeners
+    from .supervisor import Supervisor, bind_listeners
+
+    sockets = bind_listeners(config)
+    try:
+        return Supervisor(config, lambda: load_application(config), sockets).run()
+    finally:
+        close_listeners(sockets)
 
 
 def _fail(log: logging.Logger, exc: BaseException, debug: bool, with_type: bool = False) -> None:

@@ -30,10 +30,21 @@ DEFAULT_THREADS = 10
 DEFAULT_GRACEFUL_TIMEOUT_S = 30.0
 #: Listen backlog; php-fpm's default (``listen.backlog = 511``).
 DEFAULT_BACKLOG = 511
+#: Process-manager defaults, php-fpm's (``pm.max_children = 5``, ``pm.start_servers = 2``,
+#: ``pm.min_spare_servers = 1``, ``pm.max_spare_servers = 3``,
+#: ``pm.process_idle_timeout = 10s``).
+DEFAULT_PM_MAX_CHILDREN = 5
+DEFAULT_PM_START_SERVERS = 2
+DEFAULT_PM_MIN_SPARE = 1
+DEFAULT_PM_MAX_SPARE = 3
+DEFAULT_PM_IDLE_TIMEOUT_S = 10.0
+#: Seconds without a heartbeat before a worker counts as hung and is killed (gunicorn's 30).
+DEFAULT_WORKER_TIMEOUT_S = 30.0
 
 Interface = Literal["auto", "asgi", "wsgi"]
 LoopName = Literal["auto", "asyncio", "uvloop"]
 LifespanMode = Literal["auto", "on", "off"]
+ProcessManager = Literal["static", "dynamic", "ondemand"]
 
 _ROLE_NAMES = {"responder": Role.RESPONDER, "authorizer": Role.AUTHORIZER, "filter": Role.FILTER}
 
@@ -68,6 +79,16 @@ class Config:
     backlog: int = DEFAULT_BACKLOG
     socket_mode: int | None = None
     log_level: str = "info"
+    workers: int = 1
+    pm: ProcessManager = "static"
+    pm_max_children: int = DEFAULT_PM_MAX_CHILDREN
+    pm_start_servers: int = DEFAULT_PM_START_SERVERS
+    pm_min_spare: int = DEFAULT_PM_MIN_SPARE
+    pm_max_spare: int = DEFAULT_PM_MAX_SPARE
+    pm_idle_timeout_s: float = DEFAULT_PM_IDLE_TIMEOUT_S
+    max_requests: int = 0
+    max_requests_jitter: int = 0
+    worker_timeout_s: float = DEFAULT_WORKER_TIMEOUT_S
     extra: dict[str, object] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -79,12 +100,27 @@ class Config:
             "max_connections",
             "max_body_buffer_bytes",
             "backlog",
+            "workers",
+            "pm_max_children",
+            "pm_start_servers",
+            "pm_min_spare",
+            "pm_max_spare",
         )
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a whole number of at least 1, got {value!r}")
-        for name in ("keepalive_timeout_s", "record_timeout_s", "graceful_timeout_s"):
+        for name in ("max_requests", "max_requests_jitter"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be a whole number of at least 0, got {value!r}")
+        for name in (
+            "keepalive_timeout_s",
+            "record_timeout_s",
+            "graceful_timeout_s",
+            "pm_idle_timeout_s",
+            "worker_timeout_s",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int | float) or value <= 0:
                 raise ConfigError(f"{name} must be a number of seconds above 0, got {value!r}")
@@ -95,6 +131,33 @@ class Config:
                 raise ConfigError(f"unknown role {role!r}: choose from {', '.join(_ROLE_NAMES)}")
         if self.socket_mode is not None and not 0 <= self.socket_mode <= 0o777:
             raise ConfigError(f"socket_mode must be between 000 and 777, got {self.socket_mode:o}")
+        self._check_process_manager()
+
+    def _check_process_manager(self) -> None:
+        if self.pm not in ("static", "dynamic", "ondemand"):
+            raise ConfigError(f"unknown pm {self.pm!r}: choose from static, dynamic, ondemand")
+        if self.pm != "dynamic":
+            return
+        # php-fpm's own rules for pm = dynamic.
+        if not self.pm_min_spare <= self.pm_max_spare <= self.pm_max_children:
+            raise ConfigError(
+                "pm dynamic needs pm_min_spare <= pm_max_spare <= pm_max_children, got "
+                f"{self.pm_min_spare}, {self.pm_max_spare}, {self.pm_max_children}"
+            )
+        if not self.pm_min_spare <= self.pm_start_servers <= self.pm_max_spare:
+            raise ConfigError(
+                "pm dynamic needs pm_start_servers between pm_min_spare and pm_max_spare, got "
+                f"{self.pm_start_servers} (spare {self.pm_min_spare}..{self.pm_max_spare})"
+            )
+
+    @property
+    def supervised(self) -> bool:
+        """True when a supervisor process forks workers instead of serving inline.
+
+        That is the case with several workers, a dynamic or ondemand process manager, or
+        ``max_requests`` (recycling a worker needs someone to start its replacement).
+        """
+        return self.workers > 1 or self.pm != "static" or self.max_requests > 0
 
     def replace(self, **changes: object) -> Config:
         """Return a copy with ``changes`` applied (validated again)."""

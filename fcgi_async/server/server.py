@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..config import Config
 from ..protocol import FCGI_MAX_CONNS, FCGI_MAX_REQS, FCGI_MPXS_CONNS, Limits, Role
@@ -37,6 +37,9 @@ class ServerState:
         self.total_requests = 0
         self.idle_event = asyncio.Event()
         self.idle_event.set()
+        #: Called after the request counters change (a prefork worker reports to its
+        #: supervisor's scoreboard through it); None costs one comparison per request.
+        self.on_change: Callable[[ServerState], None] | None = None
         max_reqs = config.max_connections * (
             config.max_requests_per_connection if config.multiplex else 1
         )
@@ -69,6 +72,8 @@ class ServerState:
         self.active_requests += 1
         self.total_requests += 1
         self.idle_event.clear()
+        if self.on_change is not None:
+            self.on_change(self)
 
     def request_finished(self, task: asyncio.Task[None]) -> None:
         """Count a request whose application task ended (its done callback)."""
@@ -76,6 +81,8 @@ class ServerState:
         self.active_requests -= 1
         if self.active_requests == 0:
             self.idle_event.set()
+        if self.on_change is not None:
+            self.on_change(self)
 
 
 class Server:
@@ -177,6 +184,14 @@ class Server:
         self._servers.clear()
         if self._owns_sockets:
             close_listeners(self._sockets)
+
+    async def stop_listening(self) -> None:
+        """Stop accepting connections; open connections and their requests go on.
+
+        A draining prefork worker calls this before :meth:`shutdown`, so that connections
+        waiting in the shared listen backlog go to its siblings instead of being refused.
+        """
+        await self._close_servers()
 
     async def shutdown(self, graceful_timeout_s: float | None = None) -> None:
         """Stop accepting, let running requests finish, then cancel what is left.

@@ -1,0 +1,119 @@
+"""The scoreboard: what each prefork worker tells its supervisor, through shared memory.
+
+Theory of operation: the supervisor creates one anonymous shared mapping before it forks
+anything; every worker inherits it and owns one fixed-size slot. A slot holds the worker's pid,
+its state (starting, idle, busy, draining), its running and total request counts, and three
+timestamps on the system-wide monotonic clock (heartbeat, start, last change of the counts).
+
+Writers never contend: the supervisor writes a slot only while no live process owns it (before
+the fork, after the reap), and a worker writes only its own slot. Each field is one aligned
+machine word, so the reader sees either the old or the new value of a field; a reader can see
+the fields of one slot from two different moments, which is harmless for what it decides
+(spawn a spare, stop an idle worker, kill a silent one).
+
+The mapping is ``mmap(-1, ...)``, which POSIX shares across ``fork``. A Windows hand-over
+would use :mod:`multiprocessing.shared_memory` instead; only :class:`Scoreboard`'s constructor
+would change.
+"""
+
+from __future__ import annotations
+
+import enum
+import mmap
+import struct
+from dataclasses import dataclass
+
+#: One slot: pid, state, running requests, total requests, heartbeat, start, last change.
+_SLOT = struct.Struct("=qIIQddd")
+_PID = struct.Struct("=q")
+_STATE = struct.Struct("=I")
+_COUNTS = struct.Struct("=IQ")  # running, total: adjacent in the slot
+_TIME = struct.Struct("=d")
+_OFF_PID = 0
+_OFF_STATE = 8
+_OFF_ACTIVE = 12
+_OFF_HEARTBEAT = 24
+_OFF_STARTED = 32
+_OFF_CHANGED = 40
+
+
+class WorkerState(enum.IntEnum):
+    """Where a worker is in its life, as its slot says."""
+
+    FREE = 0  #: no worker owns the slot
+    STARTING = 1  #: forked, loading the app or running its startup
+    IDLE = 2  #: listening, no request running
+    BUSY = 3  #: at least one request running
+    DRAINING = 4  #: stopped listening; finishing its requests, then it exits
+
+
+@dataclass(frozen=True, slots=True)
+class SlotInfo:
+    """A copy of one slot, read at one moment."""
+
+    pid: int
+    state: WorkerState
+    active_requests: int
+    total_requests: int
+    heartbeat: float
+    started_at: float
+    last_change: float
+
+
+class Scoreboard:
+    """A fixed number of worker slots in memory shared with every forked child.
+
+    Args:
+        slots: how many workers can be alive at once (old and new generation together).
+    """
+
+    def __init__(self, slots: int) -> None:
+        if slots < 1:
+            raise ValueError(f"a scoreboard needs at least one slot, got {slots}")
+        self.slots = slots
+        self._mem = mmap.mmap(-1, slots * _SLOT.size)
+
+    def _base(self, slot: int) -> int:
+        if not 0 <= slot < self.slots:
+            raise IndexError(f"scoreboard slot {slot} out of range 0..{self.slots - 1}")
+        return slot * _SLOT.size
+
+    def reset(self, slot: int, *, now: float, state: WorkerState = WorkerState.FREE) -> None:
+        """Clear a slot; with ``STARTING`` it is ready for a worker about to be forked."""
+        _SLOT.pack_into(self._mem, self._base(slot), 0, state, 0, 0, now, now, now)
+
+    def set_pid(self, slot: int, pid: int) -> None:
+        """Record the pid that owns the slot."""
+        _PID.pack_into(self._mem, self._base(slot) + _OFF_PID, pid)
+
+    def set_state(self, slot: int, state: WorkerState) -> None:
+        """Worker side: announce a state change."""
+        _STATE.pack_into(self._mem, self._base(slot) + _OFF_STATE, state)
+
+    def state(self, slot: int) -> WorkerState:
+        """The slot's current state."""
+        return WorkerState(_STATE.unpack_from(self._mem, self._base(slot) + _OFF_STATE)[0])
+
+    def heartbeat(self, slot: int, now: float) -> None:
+        """Worker side: say "my event loop still runs" (the supervisor kills silent workers)."""
+        _TIME.pack_into(self._mem, self._base(slot) + _OFF_HEARTBEAT, now)
+
+    def report(self, slot: int, active: int, total: int, now: float) -> None:
+        """Worker side: publish the request counts; idle/busy follows unless draining."""
+        base = self._base(slot)
+        _COUNTS.pack_into(self._mem, base + _OFF_ACTIVE, active, total)
+        _TIME.pack_into(self._mem, base + _OFF_CHANGED, now)
+        if self.state(slot) in (WorkerState.IDLE, WorkerState.BUSY):
+            busy = WorkerState.BUSY if active else WorkerState.IDLE
+            _STATE.pack_into(self._mem, base + _OFF_STATE, busy)
+
+    def read(self, slot: int) -> SlotInfo:
+        """Copy one slot."""
+        pid, state, active, total, heartbeat, started, changed = _SLOT.unpack_from(
+            self._mem, self._base(slot)
+        )
+        return SlotInfo(pid, WorkerState(state), active, total, heartbeat, started, changed)
+
+    def close(self) -> None:
+        """Unmap the memory (the supervisor, once every worker is gone)."""
+        self._mem.close()
