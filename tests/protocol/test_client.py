@@ -40,6 +40,8 @@ def _feed(client: ClientConnection, *frames: bytes) -> list[object]:
 
 
 class TestRequestIds:
+    """Choosing, reserving and freeing request ids."""
+
     def test_lowest_free_id(self) -> None:
         client = ClientConnection()
         assert client.free_request_id() == 1
@@ -78,6 +80,8 @@ class TestRequestIds:
 
 
 class TestFraming:
+    """What the client puts on the wire for each request stream."""
+
     def test_begin_request(self) -> None:
         (rec,) = parse_wire(ClientConnection().begin_request(5, role=Role.FILTER, keep_conn=False))
         assert (rec.type, rec.request_id, rec.content) == (
@@ -136,6 +140,8 @@ class TestFraming:
 
 
 class TestInput:
+    """What the client makes of an application's records, good and bad."""
+
     def test_response(self) -> None:
         client = _active(1)
         events = _feed(

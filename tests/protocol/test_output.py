@@ -34,6 +34,8 @@ def _check_framing(records: list[WireRecord]) -> None:
 
 
 class TestStdout:
+    """STDOUT framing: split at 65535, padded to 8, never an accidental empty record."""
+
     @pytest.mark.parametrize("size", [1, 8, 100, 16383, 16384, 65535, 65536, 3 * 65535 + 1])
     def test_split_and_padded_on_the_wire(self, size: int) -> None:
         pair = _begun()
@@ -60,6 +62,8 @@ class TestStdout:
 
 
 class TestEndRequest:
+    """The end of a response: closing records and END_REQUEST, coalesced."""
+
     @pytest.mark.parametrize("size", [0, 1, 7, 8, 1000, 16383])
     def test_small_response_is_one_buffer(self, size: int) -> None:
         pair = _begun()
@@ -130,6 +134,8 @@ class TestEndRequest:
 
 
 class TestBreakConnection:
+    """Failing a response visibly after its headers left (DESIGN §3)."""
+
     def test_peer_fails_visibly(self) -> None:
         pair = _begun()
         head = pair.server.send_stdout(1, b"Status: 200\r\n\r\npartial")

@@ -26,6 +26,8 @@ from .helpers import join, parse_wire, raw_record
 
 
 class TestHeader:
+    """The 8-byte record header and its range checks."""
+
     def test_layout(self) -> None:
         assert pack_header(RecordType.STDOUT, 0x1234, 0x5678, 7) == bytes(
             (1, 6, 0x12, 0x34, 0x56, 0x78, 7, 0)
@@ -47,6 +49,8 @@ class TestHeader:
 
 
 class TestPadding:
+    """Output is padded to a multiple of 8 with zero bytes."""
+
     @pytest.mark.parametrize("n", range(17))
     def test_encode_record_pads_to_8(self, n: int) -> None:
         (rec,) = parse_wire(encode_record(RecordType.STDIN, 3, b"a" * n))
@@ -71,6 +75,8 @@ class TestPadding:
 
 
 class TestEncodeStreamBuffers:
+    """Small payloads become one buffer; large ones are sliced, not copied."""
+
     def test_small_payload_is_one_buffer(self) -> None:
         out = encode_stream(RecordType.STDOUT, 1, memoryview(b"hello"))
         assert len(out) == 1
@@ -97,6 +103,8 @@ class TestEncodeStreamBuffers:
 
 
 class TestFixedBodies:
+    """BEGIN_REQUEST, END_REQUEST and UNKNOWN_TYPE bodies, byte for byte."""
+
     def test_begin_request(self) -> None:
         (rec,) = parse_wire(encode_begin_request(7, 3, keep_conn=True))
         assert (rec.type, rec.request_id) == (RecordType.BEGIN_REQUEST, 7)
@@ -125,6 +133,8 @@ class _HugeName(bytes):
 
 
 class TestNameValuePairs:
+    """Name-value pairs of every length class, and truncated ones (spec §3.4)."""
+
     @pytest.mark.parametrize(
         ("length", "prefix"),
         [
@@ -190,6 +200,8 @@ class TestNameValuePairs:
 
 
 class TestRecordBuffer:
+    """Cutting received bytes into records."""
+
     @pytest.mark.parametrize("padding", [0, 1, 7, 8, 100, 255])
     def test_padding_is_skipped(self, padding: int) -> None:
         buf = RecordBuffer()

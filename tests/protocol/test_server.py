@@ -42,6 +42,8 @@ VALUES = {FCGI_MAX_CONNS: b"10", FCGI_MAX_REQS: b"50", FCGI_MPXS_CONNS: b"1"}
 
 
 class TestResponder:
+    """The RESPONDER role: params, then the body."""
+
     def test_whole_request(self) -> None:
         pair = ConnectionPair()
         events = pair.to_server(pair.request_bytes(1, {b"A": b"1", b"B": b""}, b"body"))
@@ -137,6 +139,8 @@ class TestStreamOrder:
 
 
 class TestAuthorizer:
+    """The AUTHORIZER role: params only; a STDIN, if sent at all, is ignored."""
+
     def test_no_stdin_at_all(self) -> None:
         pair = ConnectionPair()
         c = pair.client
@@ -169,6 +173,8 @@ class TestAuthorizer:
 
 
 class TestFilter:
+    """The FILTER role: params, body, then the file as DATA."""
+
     def test_params_stdin_data(self) -> None:
         pair = ConnectionPair()
         c = pair.client
@@ -193,6 +199,8 @@ class TestFilter:
 
 
 class TestGetValues:
+    """GET_VALUES answered with only the names asked and known."""
+
     def test_only_names_asked_and_known(self) -> None:
         pair = ConnectionPair(management_values=VALUES)
         c = pair.client
@@ -260,6 +268,8 @@ class TestGetValues:
 
 
 class TestUnknownType:
+    """Unknown management record types are answered with UNKNOWN_TYPE."""
+
     @pytest.mark.parametrize(
         "rtype", [0, RecordType.BEGIN_REQUEST, RecordType.STDIN, RecordType.GET_VALUES_RESULT, 12]
     )
@@ -270,6 +280,8 @@ class TestUnknownType:
 
 
 class TestRefusals:
+    """BEGIN_REQUESTs refused at once: UNKNOWN_ROLE, CANT_MPX_CONN, OVERLOADED."""
+
     def test_unknown_role(self) -> None:
         pair = ConnectionPair(roles=[Role.RESPONDER])
         c = pair.client
@@ -382,6 +394,8 @@ class TestRefusals:
 
 
 class TestKeepConn:
+    """FCGI_KEEP_CONN decides whether the connection closes after the request."""
+
     @pytest.mark.parametrize("keep_conn", [True, False])
     def test_close_requested_after_end(self, keep_conn: bool) -> None:
         pair = ConnectionPair()
@@ -395,6 +409,8 @@ class TestKeepConn:
 
 
 class TestAbort:
+    """ABORT_REQUEST handling."""
+
     def test_aborted_once(self) -> None:
         pair = ConnectionPair()
         c = pair.client
@@ -435,6 +451,8 @@ class TestAbort:
 
 
 class TestInactiveIds:
+    """Records for request ids that are not active are ignored."""
+
     @pytest.mark.parametrize(
         "rtype", [RecordType.PARAMS, RecordType.STDIN, RecordType.DATA, RecordType.ABORT_REQUEST]
     )
@@ -451,6 +469,8 @@ class TestInactiveIds:
 
 
 class TestPeerErrors:
+    """A web server breaking the protocol gets RemoteProtocolError, and a dead codec."""
+
     def test_duplicate_begin_request(self) -> None:
         pair = ConnectionPair()
         pair.server.receive_data(encode_begin_request(1, 1, True) * 2)
@@ -528,6 +548,8 @@ class TestPeerErrors:
 
 
 class TestLocalErrors:
+    """Asking the codec for something the protocol forbids."""
+
     def test_send_on_inactive_request(self) -> None:
         server = ServerConnection()
         with pytest.raises(LocalProtocolError, match="not active"):
@@ -547,6 +569,8 @@ class TestLocalErrors:
 
 
 class TestLimits:
+    """Limits validation."""
+
     @pytest.mark.parametrize(
         "field",
         [

@@ -109,6 +109,8 @@ CLIENT_STREAM = _client_stream()
 
 
 class TestServerSplits:
+    """The server codec, fed a rich conversation in every possible way."""
+
     def _reference(self) -> tuple[list[ServerEvent], bytes]:
         server = _new_server()
         events = feed_server(server, [SERVER_STREAM])
@@ -155,6 +157,8 @@ class TestServerSplits:
 
 
 class TestClientSplits:
+    """The client codec, fed a rich answer in every possible way."""
+
     def test_whole_bytewise_and_every_split(self) -> None:
         expected = list(feed_client(_new_client(), [CLIENT_STREAM]))
         assert expected == [
@@ -173,6 +177,8 @@ class TestClientSplits:
 
 
 class TestParamsAcrossRecords:
+    """A PARAMS stream cut into records anywhere, mid-pair included."""
+
     @pytest.mark.parametrize("record_size", [1, 2, 3, 5, 8, 127, 128, 129, 1000])
     def test_pairs_cut_anywhere(self, record_size: int) -> None:
         pairs = encode_pairs(PARAMS)
@@ -195,6 +201,8 @@ class TestParamsAcrossRecords:
 
 
 class TestPadding:
+    """Every padding length a peer may send is skipped."""
+
     @pytest.mark.parametrize("padding", range(256))
     def test_every_padding_length(self, padding: int) -> None:
         wire = (
