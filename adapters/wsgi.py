@@ -26,7 +26,7 @@ import anyio
 from anyio.from_thread import run as _from_thread
 from anyio.to_thread import run_sync as _to_thread
 
-from fcgi_async.cgi import STRIPPED_PARAMS, is_https, split_path
+from fcgi_async.cgi import STRIPPED_PARAMS, has_forbidden_chars, is_https, split_path
 from fcgi_async.protocol import Role
 from fcgi_async.types import ClientDisconnected, Request
 
@@ -159,10 +159,6 @@ class _Input:
         available = len(buf) - pos
         if available >= size:
             self._pos = pos + size
-            if pos == 0 and available == size:
-                self._buf = b""
-                self._pos = 0
-                return buf
             return buf[pos : pos + size]
         parts = [buf[pos:]] if available else []
         wanted = size - available
@@ -291,40 +287,56 @@ class _Errors:
 
 
 def _build_head(status: str, headers: list[tuple[str, str]]) -> tuple[bytes, int | None]:
-    """Encode the CGI header block and find the Content-Length; ValueError if it is unsafe."""
+    """Encode the CGI header block and find the Content-Length.
+
+    Raises:
+        ValueError: the status is malformed, or the status or a header holds CR, LF or NUL or
+            is not latin-1. The message names the offending item only (headers can carry
+            secrets such as cookies, so they are not all logged).
+        TypeError: the status or a header name or value is not ``str``.
+    """
     if type(status) is not str:
         raise TypeError(f"status must be str, not {type(status).__name__}")
     if not (len(status) >= 3 and status[:3].isdigit() and (len(status) == 3 or status[3] == " ")):
-        raise ValueError(f"malformed status {status!r}")
+        raise ValueError(f"malformed status {status[:100]!r}")
     lines = ["Status: ", status, "\r\n"]
     append = lines.append
     length: int | None = None
     for name, value in headers:
         if type(name) is not str or type(value) is not str:
-            raise TypeError(f"header names and values must be str: {(name, value)!r}")
+            raise TypeError(f"header names and values must be str, not {(name, value)!r:.100}")
         append(name)
         append(": ")
         append(value)
         append("\r\n")
         if len(name) == 14 and name.lower() == "content-length":
-            try:
-                length = int(value)
-            except ValueError:
-                length = None
-            else:
-                if length < 0:
-                    length = None
+            length = int(value) if value.isascii() and value.isdigit() else None
     append("\r\n")
     block = "".join(lines)
     # Every line ends in exactly one CRLF that we wrote; any other CR, LF or NUL came from the
-    # application and would split the response.
+    # application and would split the response. Three C-speed scans instead of a per-header
+    # check on the hot path; the search for the culprit (named in the error, never its
+    # value) runs only on failure.
     crlf = len(headers) + 2
     if block.count("\n") != crlf or block.count("\r") != crlf or "\0" in block:
-        raise ValueError("response status or header contains CR, LF or NUL")
+        culprit = next(
+            (n for n, v in (("Status", status), *headers) if has_forbidden_chars(n + v)), ""
+        )
+        raise ValueError(f"CR, LF or NUL in response status or header {culprit[:100]!r}")
     try:
         return block.encode("latin-1"), length
     except UnicodeEncodeError:
         raise ValueError("response status or header is not latin-1") from None
+
+
+def _as_bytes(data: object) -> bytes:
+    """``data`` as ``bytes``: bytes-like objects are copied, anything else is a TypeError.
+
+    (``bytes(5)`` would silently make five NULs out of an application's mistake.)
+    """
+    if isinstance(data, bytearray | memoryview):
+        return bytes(data)
+    raise TypeError(f"WSGI response body must be bytes, not {type(data).__name__}")
 
 
 class _Call:
@@ -375,9 +387,7 @@ class _Call:
         try:
             self._head, self._remaining = _build_head(status, headers)
         except ValueError as exc:
-            self._adapter._logger.error(
-                "refusing WSGI response (%s): status %r, headers %r", exc, status, headers
-            )
+            self._adapter._logger.error("refusing WSGI response: %s", exc)
             raise
         return self.write
 
@@ -390,7 +400,7 @@ class _Call:
         if self._head is None:
             raise RuntimeError("write() called before start_response()")
         if data:
-            self._send(data if type(data) is bytes else bytes(data))
+            self._send(data if type(data) is bytes else _as_bytes(data))
 
     # -- the worker thread ------------------------------------------------------------------
     def _send(self, data: bytes) -> None:
@@ -422,10 +432,33 @@ class _Call:
         self.sent = True
         return head + body if body else head
 
-    def run(self) -> bytes | None:
-        """Call the application; return the response's last bytes, or None if the client left.
+    def _finish_parts(self, parts: list[bytes]) -> list[bytes]:
+        """:meth:`_finish` for a body too big to join: the loop sends the parts in turn."""
+        remaining = self._remaining
+        if remaining is not None:
+            kept: list[bytes] = []
+            for part in parts:
+                if len(part) >= remaining:
+                    kept.append(part[:remaining])
+                    break
+                kept.append(part)
+                remaining -= len(part)
+            parts = kept
+        if not self.sent:
+            head = self._head
+            if head is None:
+                raise RuntimeError("the application returned without calling start_response()")
+            self.sent = True
+            parts.insert(0, head)
+        return parts
 
-        Always calls the result's ``close()``.
+    def run(self) -> bytes | list[bytes] | None:
+        """Call the application and produce what is left to send.
+
+        Returns:
+            The response's last bytes (for ``end``); a list of buffers already in memory for
+            the loop to send in turn, the last with ``end``; or ``None`` if the client left.
+            The result's ``close()`` is always called.
         """
         adapter = self._adapter
         result = adapter.app(adapter._environ(self.request, self.errors), self.start_response)
@@ -438,18 +471,22 @@ class _Call:
             if close is not None:
                 close()
 
-    def _sequence(self, result: Sequence[bytes]) -> bytes | None:
-        # No application code runs while iterating a list, so it all goes out in one write.
+    def _sequence(self, result: Sequence[bytes]) -> bytes | list[bytes]:
+        # No application code runs while iterating a list, so nothing gains from streaming it
+        # from here: it all goes back to the loop in this one hop.
         count = len(result)
         if count == 1:
             body = result[0]
-        elif count == 0:
-            body = b""
-        else:
-            if sum(map(len, result)) > MAX_JOINED_BODY:
-                return self._stream(result)
+            if type(body) is not bytes:
+                body = _as_bytes(body)
+            if len(body) > MAX_JOINED_BODY:
+                return self._finish_parts([body])
+            return self._finish(body)
+        if count == 0:
+            return self._finish(b"")
+        if sum(map(len, result)) <= MAX_JOINED_BODY:
             return self._finish(b"".join(result))
-        return self._finish(body if type(body) is bytes else bytes(body))
+        return self._finish_parts([c if type(c) is bytes else _as_bytes(c) for c in result if c])
 
     def _stream(self, result: Iterable[bytes]) -> bytes | None:
         try:
@@ -457,7 +494,7 @@ class _Call:
                 if not chunk:
                     continue
                 if type(chunk) is not bytes:
-                    chunk = bytes(chunk)
+                    chunk = _as_bytes(chunk)
                 remaining = self._remaining
                 if remaining is not None and len(chunk) >= remaining:
                     # The body is complete (PEP 3333: stop iterating once Content-Length is
@@ -596,7 +633,13 @@ class WSGIAdapter:
             stderr = call.errors.take_pending()
             if stderr:
                 await request.send_stderr(stderr)
-            await request.end(last)
+            if isinstance(last, list):
+                *parts, final = last or [b""]
+                for part in parts:
+                    await request.send_stdout(part)
+                await request.end(final)
+            else:
+                await request.end(last)
         except ClientDisconnected:
             self._logger.debug("client went away during %s", _describe(request))
 

@@ -17,6 +17,7 @@ from wsgiref.validate import validator
 
 import pytest
 from fcgi_async.adapters.wsgi import (
+    FILE_BLOCK_SIZE,
     INTERNAL_ERROR_RESPONSE,
     MAX_JOINED_BODY,
     FileWrapper,
@@ -553,11 +554,39 @@ async def test_one_write_for_list_of_several_and_tuple_and_empty() -> None:
     assert (req.writes, req.parsed()[2]) == (1, b"mv")
 
 
-async def test_big_list_is_not_joined() -> None:
+async def test_big_bodies_are_not_copied_into_one_buffer() -> None:
     half = b"z" * (MAX_JOINED_BODY // 2 + 1)
-    req = await serve(returning([half, half]))
+    req = await serve(returning([half, b"", bytearray(half)]))
     assert req.parsed()[2] == half + half
+    assert req.stdout[0].endswith(b"\r\n\r\n")  # the header block alone
+    assert req.stdout[1:] == [half, half]
     assert req.writes == 3
+    big = b"y" * (MAX_JOINED_BODY + 1)
+    req = await serve(returning([big]))
+    assert req.stdout[1:] == [big]
+    assert req.writes == 2
+
+    # Content-Length still truncates, and write() already sent the header block.
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        start_response("200 OK", [("Content-Length", str(len(half) + 2))])(b"w")
+        return [half, half]
+
+    req = await serve(app)
+    assert req.parsed()[2] == b"w" + half + b"z"
+
+
+async def test_non_bytes_body_is_a_500(caplog: pytest.LogCaptureFixture) -> None:
+    for body in ([5], [b"a", "b"], ["text"], iter([3]), "text", None):
+        req = await serve(returning(body))
+        assert req.output == INTERNAL_ERROR_RESPONSE, body
+    assert "must be bytes, not int" in caplog.text
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        start_response("200 OK", [])(3)
+        return []
+
+    req = await serve(app)
+    assert req.output == INTERNAL_ERROR_RESPONSE
 
 
 async def test_write_then_return() -> None:
@@ -625,6 +654,14 @@ async def test_unsafe_status_or_header_is_a_500(
     assert req.output == INTERNAL_ERROR_RESPONSE
     assert b"evil" not in req.output
     assert any(r.name == ADAPTER_LOG and "refusing" in r.getMessage() for r in caplog.records)
+
+
+async def test_refused_header_log_names_only_the_culprit(caplog: pytest.LogCaptureFixture) -> None:
+    headers = [("Set-Cookie", "session=SECRET"), ("X-Bad", "a\r\nb")]
+    await serve(_with_status("200 OK", headers))
+    [line] = [r.getMessage() for r in caplog.records if "refusing" in r.getMessage()]
+    assert "X-Bad" in line
+    assert "SECRET" not in line
 
 
 def _with_status(status: str, headers: list[tuple[str, str]]) -> Any:
@@ -1275,3 +1312,84 @@ async def test_flask_view_error_is_flasks_500() -> None:
     assert req.parsed()[0] == 500
     assert req.ended
     assert not req.failed
+
+
+# -- edges ------------------------------------------------------------------------------------
+
+
+async def test_input_exact_chunk_read_and_odd_content_lengths() -> None:
+    results: list[Any] = []
+    await serve(reader(lambda f: [f.read(4), f.read(4)], results), body_request("8", [b"abcd"]))
+    assert results == [[b"abcd", b""]]
+    for bad in ("abc", "-5"):
+        results.clear()
+        req = FakeRequest({"REQUEST_METHOD": "POST", "CONTENT_LENGTH": bad}, [b"ab", b"cd"])
+        await serve(reader(lambda f: f.read(), results), req)
+        assert results == [b"abcd"], bad
+
+
+async def test_errors_stop_sending_once_the_client_is_gone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    req = FakeRequest()
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        req.disconnect()
+        environ["wsgi.errors"].write("one\n")
+        environ["wsgi.errors"].write("two\n")
+        environ["wsgi.errors"].write("three")
+        start_response("200 OK", [])
+        return []
+
+    await serve(app, req)
+    assert req.stderr == []
+    assert [r.getMessage() for r in caplog.records if r.name == "fcgi_async.test.app"] == [
+        "one",
+        "two",
+    ]
+
+
+def test_file_wrapper_honours_large_block_sizes() -> None:
+    data = b"q" * (FILE_BLOCK_SIZE * 2 + 1)
+    wrapper = FileWrapper(io.BytesIO(data), FILE_BLOCK_SIZE * 2)  # type: ignore[arg-type]
+    assert [len(b) for b in wrapper] == [FILE_BLOCK_SIZE * 2, 1]
+
+
+async def test_big_list_shorter_than_content_length_and_without_start_response() -> None:
+    half = b"z" * (MAX_JOINED_BODY // 2 + 1)
+    req = await serve(returning([half, half], [("Content-Length", str(len(half) * 3))]))
+    assert req.parsed()[2] == half + half
+    req = await serve(lambda environ, start_response: [half, half])
+    assert req.output == INTERNAL_ERROR_RESPONSE
+
+
+async def test_iterable_raising_client_disconnected_on_a_live_request(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger=ADAPTER_LOG)
+
+    def gen() -> Iterator[bytes]:
+        raise ClientDisconnected("the app's own upstream went away")
+        yield b""  # pragma: no cover
+
+    req = await serve(returning(gen()))
+    assert not req.ended
+    assert not req.failed
+    assert all(r.levelno == logging.DEBUG for r in caplog.records if r.name == ADAPTER_LOG)
+
+
+class GoneAtEnd(FakeRequest):
+    """The connection dies exactly when the final write is attempted."""
+
+    async def end(self, stdout: bytes = b"", app_status: int = 0) -> None:
+        raise ClientDisconnected("gone at end")
+
+
+async def test_client_gone_while_sending_the_500(caplog: pytest.LogCaptureFixture) -> None:
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        raise RuntimeError("app failed")
+
+    req = await serve(app, GoneAtEnd())
+    assert req.output == b""
+    assert "app failed" in caplog.text
