@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias
 
 import anyio
 from anyio.from_thread import run as _from_thread
@@ -33,7 +33,7 @@ from fcgi_async.types import ClientDisconnected, Request
 if TYPE_CHECKING:
     from wsgiref.types import WSGIApplication
 
-__all__ = ["FileWrapper", "WSGIAdapter"]
+__all__ = ["FileWrapper", "Readable", "WSGIAdapter"]
 
 #: Read size for :class:`FileWrapper` over a real file, and the unit in which streamed files
 #: go to the loop: large enough that the per-chunk thread hop is noise next to the copy.
@@ -70,6 +70,15 @@ _DROPPED: Final = (
 )
 
 
+class Readable(Protocol):
+    """What :class:`FileWrapper` needs: ``read(size)``; ``close()`` and ``fileno()`` are used
+    when present."""
+
+    def read(self, size: int, /) -> bytes:
+        """Return up to ``size`` bytes; ``b""`` at end of file."""
+        ...
+
+
 class FileWrapper:
     """``wsgi.file_wrapper``: iterate a file-like object in blocks (PEP 3333 "Optional
     Platform-Specific File Handling").
@@ -84,17 +93,18 @@ class FileWrapper:
 
     __slots__ = ("blksize", "filelike")
 
-    def __init__(self, filelike: IO[bytes], blksize: int = FILE_BLOCK_SIZE) -> None:
+    def __init__(self, filelike: Readable, blksize: int = FILE_BLOCK_SIZE) -> None:
         self.filelike = filelike
         self.blksize = blksize
 
     def __iter__(self) -> Iterator[bytes]:
         """Yield the file's content in blocks until ``read`` returns nothing."""
         size = self.blksize
-        if size < FILE_BLOCK_SIZE:
+        fileno = getattr(self.filelike, "fileno", None)
+        if size < FILE_BLOCK_SIZE and fileno is not None:
             try:
-                self.filelike.fileno()
-            except (AttributeError, OSError, ValueError):
+                fileno()
+            except (OSError, ValueError):  # io.UnsupportedOperation is both
                 pass
             else:
                 size = FILE_BLOCK_SIZE
