@@ -27,8 +27,9 @@ Extensions in ``scope["extensions"]``:
 
 * ``"http.response.pathsend"``: ``{"type": "http.response.pathsend", "path": "/abs/file"}``
   finishes the response with the file's content, read in large blocks in a worker thread.
-* ``"fcgi.params"``: the raw CGI params, a read-only mapping of bytes to bytes, for applications
-  that want CGI variables the scope does not carry (DOCUMENT_ROOT, SSL_*, ...).
+* ``"fcgi.params"``: the CGI params as the web server sent them (minus HTTP_PROXY), a mapping
+  of bytes to bytes to be treated as read-only, for applications that want CGI variables the
+  scope does not carry (DOCUMENT_ROOT, SSL_*, ...).
 * ``"fcgi.data"`` (FILTER role only): ``{"receive": <coroutine function>}``. The DATA stream
   (the file to filter) is read with ``await scope["extensions"]["fcgi.data"]["receive"]()``,
   which returns the next chunk as bytes and ``b""`` at the end of the stream.
@@ -66,7 +67,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from http import HTTPStatus
 from typing import Any, Final, Literal, NoReturn
 from urllib.parse import quote_from_bytes
@@ -138,13 +139,25 @@ _HEADER_NAMES: dict[bytes, bytes | None] = {
 }
 
 
-def _learn_header_name(key: bytes) -> bytes | None:
-    """Translate a param name into a header name (``HTTP_X_Y`` -> ``b"x-y"``) and cache it."""
-    name = key[5:].lower().replace(b"_", b"-") if key.startswith(b"HTTP_") else b""
-    result = name or None
-    if len(_HEADER_NAMES) < MAX_CACHED_HEADER_NAMES:
-        _HEADER_NAMES[key] = result
-    return result
+def _translate_headers(params: Mapping[bytes, bytes]) -> list[tuple[bytes, bytes]]:
+    """The ASGI headers of a request whose params hold names not yet in the cache.
+
+    ``HTTP_X_Y`` becomes ``b"x-y"``; other params are not headers. Learnt names are cached
+    while the cache has room.
+    """
+    names = _HEADER_NAMES
+    headers = []
+    for key, value in params.items():
+        if key in names:
+            name = names[key]
+        else:
+            name = key[5:].lower().replace(b"_", b"-") if key.startswith(b"HTTP_") else None
+            name = name or None
+            if len(names) < MAX_CACHED_HEADER_NAMES:
+                names[key] = name
+        if name is not None and (value or name not in _CONTENT_HEADERS):
+            headers.append((name, value))
+    return headers
 
 
 def _decode_paths(script_name: bytes, full: bytes) -> tuple[str, str]:
@@ -155,14 +168,9 @@ def _decode_paths(script_name: bytes, full: bytes) -> tuple[str, str]:
         return script_name.decode("latin-1"), full.decode("latin-1")
 
 
-def _port(value: bytes | None) -> int | None:
-    """Parse a port param; ``None`` when absent or not a number."""
-    if not value:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        return None
+def _int_param(value: bytes | None) -> int | None:
+    """Parse a numeric param (a port, CONTENT_LENGTH); ``None`` when absent or not digits."""
+    return int(value) if value and value.isdigit() else None
 
 
 class LifespanFailure(Exception):
@@ -260,19 +268,30 @@ class ASGIAdapter:
         if raw_path is None:
             raw_path = quote_from_bytes(full, "/:@!$&'()*+,;=~").encode("ascii")
 
-        headers = []
         names = _HEADER_NAMES
-        for key, value in params.items():
-            name = names.get(key, b"")
-            if name == b"":
-                name = _learn_header_name(key)
-            if name is None or (not value and name in _CONTENT_HEADERS):
-                continue
-            headers.append((name, value))
+        try:
+            headers = [
+                (name, value)
+                for key, value in params.items()
+                if (name := names[key]) is not None and (value or name not in _CONTENT_HEADERS)
+            ]
+        except KeyError:  # a param name not seen before
+            headers = _translate_headers(params)
 
         remote_addr = get(b"REMOTE_ADDR")
-        server_host = get(b"SERVER_ADDR") or get(b"SERVER_NAME")
-        extensions: dict[str, Any] = {"http.response.pathsend": {}, "fcgi.params": params}
+        client = (
+            (remote_addr.decode("latin-1"), _int_param(get(b"REMOTE_PORT")) or 0)
+            if remote_addr
+            else None
+        )
+        host = get(b"SERVER_ADDR") or get(b"SERVER_NAME")
+        server = (host.decode("latin-1"), _int_param(get(b"SERVER_PORT"))) if host else None
+        raw_params = params
+        for stripped in STRIPPED_PARAMS:
+            if stripped in params:  # rare: copy only when there is something to hide
+                raw_params = {k: v for k, v in params.items() if k not in STRIPPED_PARAMS}
+                break
+        extensions: dict[str, Any] = {"http.response.pathsend": {}, "fcgi.params": raw_params}
         if request.role == Role.FILTER:
             extensions["fcgi.data"] = {"receive": request.receive_data}
         scope: dict[str, Any] = {
@@ -286,14 +305,8 @@ class ASGIAdapter:
             "root_path": root_path,
             "query_string": info.query_string,
             "headers": headers,
-            "client": (
-                (remote_addr.decode("latin-1"), _port(get(b"REMOTE_PORT")) or 0)
-                if remote_addr
-                else None
-            ),
-            "server": (
-                (server_host.decode("latin-1"), _port(get(b"SERVER_PORT"))) if server_host else None
-            ),
+            "client": client,
+            "server": server,
             "extensions": extensions,
             "state": self._state.copy(),
         }
@@ -384,8 +397,9 @@ class _Cycle:
         if not self._body_done:
             remaining = self._remaining
             if remaining is None:
-                remaining = _port(self.request.params.get(b"CONTENT_LENGTH"))
-                remaining = -1 if remaining is None or remaining < 0 else remaining
+                remaining = _int_param(self.request.params.get(b"CONTENT_LENGTH"))
+                if remaining is None:
+                    remaining = -1
                 if remaining == 0:
                     self._body_done = True
                     return {"type": "http.request", "body": b"", "more_body": False}
@@ -504,11 +518,12 @@ def _response_head(message: Message) -> bytes:
     """The CGI header block for an ``http.response.start`` message.
 
     Raises:
-        ValueError: the status is not a 3-digit integer, or a header holds CR, LF or NUL.
+        ValueError: the status is not an integer in 200..999, or a header holds CR, LF or NUL.
         TypeError: a header name or value is not bytes-like.
     """
     status = message["status"]
-    if type(status) is not int or not 100 <= status <= 999:
+    # 1xx is not a final status: a CGI response with one would leave the client hanging.
+    if type(status) is not int or not 200 <= status <= 999:
         raise ValueError(f"invalid ASGI response status {status!r}")
     lines = [_STATUS_LINES.get(status) or b"Status: %d Unknown\r\n" % status]
     append = lines.append
@@ -522,7 +537,7 @@ def _response_head(message: Message) -> bytes:
         for name, value in message.get("headers", ()):
             if has_forbidden_chars(name) or has_forbidden_chars(value):
                 raise ValueError(f"response header holds CR, LF or NUL: {name!r}: {value!r}")
-        raise ValueError("response header block holds CR, LF or NUL")  # pragma: no cover
+        raise ValueError("response header block holds CR, LF or NUL")
     return head
 
 
@@ -584,7 +599,7 @@ class _Lifespan:
         """
         self._queue.put_nowait({"type": "lifespan.startup"})
         task = self._task = asyncio.get_running_loop().create_task(self._run())
-        await asyncio.wait((task, self._startup), return_when=asyncio.FIRST_COMPLETED)
+        await self._wait(self._startup)
         if self._startup.done():
             answer = self._startup.result()
             if answer["type"] == "lifespan.startup.complete":
@@ -616,7 +631,7 @@ class _Lifespan:
             log.error("ASGI lifespan task ended before shutdown", exc_info=exc)
             return
         self._queue.put_nowait({"type": "lifespan.shutdown"})
-        await asyncio.wait((task, self._shutdown), return_when=asyncio.FIRST_COMPLETED)
+        await self._wait(self._shutdown)
         if self._shutdown.done():
             answer = self._shutdown.result()
             if answer["type"] == "lifespan.shutdown.failed":
@@ -631,6 +646,20 @@ class _Lifespan:
             log.error("ASGI lifespan shutdown raised", exc_info=exc)
         else:
             log.debug("ASGI lifespan task returned without answering shutdown")
+
+    async def _wait(self, answer: asyncio.Future[Message]) -> None:
+        """Wait for the application's answer or the end of its task.
+
+        If we are cancelled meanwhile (a start-up or shutdown timeout), the lifespan task is
+        cancelled too rather than left running unowned.
+        """
+        task = self._task
+        assert task is not None
+        try:
+            await asyncio.wait((task, answer), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
 
     async def _reap(self) -> None:
         """Collect the lifespan task once it has answered; cancel it if it lingers."""
