@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="prefork needs o
 
 #: A raw Application: answers "<pid> <version>"; /slow sleeps, /hang blocks the event loop.
 #: The version is read from version.txt at import time, so a reload shows new code.
-APP = '''
+APP = """
 import asyncio, os, time
 _here = os.path.dirname(os.path.abspath(__file__))
 try:
@@ -44,7 +44,7 @@ class App:
 
 
 app = App()
-'''
+"""
 
 
 @pytest.fixture

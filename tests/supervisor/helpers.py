@@ -6,6 +6,7 @@ through ``accept`` and can land on any worker), built on the sans-IO ``ClientCon
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -141,11 +142,21 @@ class Supervised:
         except RequestFailed:
             return False
 
+    def listening(self) -> set[int]:
+        """Live workers that logged that they listen."""
+        log = self.log
+        return {
+            pid for pid in self.workers() if f"[{pid}] INFO fcgi_async.server: listening" in log
+        }
+
     def wait_serving(self, workers: int | None = None) -> None:
-        """Wait until requests succeed (and ``workers`` workers are alive)."""
+        """Wait until requests succeed (and ``workers`` workers are alive and listening)."""
         wait_for(self.answers, what="a first answer")
         if workers is not None:
-            wait_for(lambda: len(self.workers()) == workers, what=f"{workers} workers")
+            wait_for(
+                lambda: len(self.workers()) == workers == len(self.listening()),
+                what=f"{workers} listening workers",
+            )
 
     def signal(self, sig: signal.Signals) -> None:
         """Signal the supervisor."""
@@ -157,11 +168,9 @@ class Supervised:
 
     def kill(self) -> None:
         """Kill the whole process group (teardown)."""
-        if self.proc.poll() is None or self.workers():
-            try:
-                os.killpg(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        # The group outlives the supervisor when it died first: kill it regardless.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
         self.proc.wait(WAIT_S)
         self._log.close()
 

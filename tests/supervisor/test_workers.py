@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,3 +30,78 @@ def test_every_worker_receives_requests(supervised: Callable[..., Supervised]) -
         return seen == workers
 
     wait_for(batch, what=f"answers from all of {workers}, seen {seen}")
+
+
+def test_killed_worker_is_replaced_under_load(supervised: Callable[..., Supervised]) -> None:
+    server = supervised("--workers", "2")
+    server.wait_serving(workers=2)
+    before = server.workers()
+    victim = min(before)
+    with Load(server.address, concurrency=2) as load:
+        wait_for(lambda: load.count() >= 20, what="load running")
+        os.kill(victim, signal.SIGKILL)
+        wait_for(
+            lambda: len(server.workers()) == 2 and victim not in server.workers(),
+            what="a replacement worker",
+        )
+        done = load.count()
+        wait_for(lambda: load.count() >= done + 20, what="load after the replacement")
+    # Only requests that were on the killed worker may fail: at most one per client thread.
+    assert len(load.failures) <= 2, load.failures
+    assert f"worker {victim} died unexpectedly: killed by signal SIGKILL" in server.log
+    assert server.proc.poll() is None
+
+
+def test_max_requests_recycles_without_failures(supervised: Callable[..., Supervised]) -> None:
+    server = supervised("--max-requests", "10", "--max-requests-jitter", "3")
+    server.wait_serving(workers=1)
+    with Load(server.address, concurrency=2) as load:
+        wait_for(lambda: load.count() >= 60, what="60 requests")
+    assert load.failures == []
+    pids = {pid_of(body) for body in load.ok}
+    assert len(pids) >= 4, pids  # 60 requests at most 13 per worker
+    assert "(--max-requests): recycling" in server.log
+    assert "crash" not in server.log
+
+
+def test_ondemand_forks_on_first_connection_and_stops_idle_workers(
+    supervised: Callable[..., Supervised],
+) -> None:
+    server = supervised("--pm", "ondemand", "--pm-max-children", "2", "--pm-idle-timeout", "1")
+    wait_for(lambda: "ondemand: no worker until the first connection" in server.log)
+    assert server.workers() == set()
+    status, body = server.get()
+    assert status == 200
+    assert server.workers() == {pid_of(body)}
+    wait_for(lambda: not server.workers(), what="the idle worker to stop")
+    assert "(--pm-idle-timeout)" in server.log
+    status, body = server.get()
+    assert status == 200
+
+
+def test_crash_loop_stops_respawning_and_says_why(
+    supervised: Callable[..., Supervised], app_dir: Path
+) -> None:
+    (app_dir / "crash").touch()
+    server = supervised("--workers", "2")
+    assert server.wait_exit() == 1
+    log = server.log
+    assert "crash loop: 5 workers died" in log
+    assert "exit status 3 (startup failed)" in log
+    assert "startup refuses: the crash file exists" in log
+    assert "no worker left and respawning is stopped: exiting" in log
+
+
+def test_hung_worker_is_killed_and_replaced(supervised: Callable[..., Supervised]) -> None:
+    server = supervised("--workers", "2", "--worker-timeout", "1.5")
+    server.wait_serving(workers=2)
+    before = server.workers()
+    with contextlib.suppress(RequestFailed):
+        server.get("/hang")  # blocks its worker's event loop until the supervisor kills it
+    wait_for(
+        lambda: len(server.workers()) == 2 and len(server.workers() & before) == 1,
+        what="a replacement for the hung worker",
+    )
+    (hung,) = before - server.workers()
+    assert f"worker {hung} sent no heartbeat" in server.log
+    wait_for(server.answers, what="answers after the replacement")
