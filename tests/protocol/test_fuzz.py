@@ -29,7 +29,7 @@ from fcgi_async.protocol import (
 from fcgi_async.protocol.events import _NeedData
 
 from .helpers import byte_at_a_time, client_events, join, parse_wire
-from .strategies import FUZZ_SETTINGS, SETTINGS, record_streams
+from .strategies import FUZZ_SETTINGS, RECORD_FUZZ_SETTINGS, SETTINGS, record_streams
 from .test_splits import CLIENT_STREAM, SERVER_STREAM
 
 Outcome = tuple[list[object], bool, bytes, bytes]
@@ -120,13 +120,13 @@ def test_random_bytes_client(data: bytes) -> None:
     _check(_drive_client, b"\x01" + data)
 
 
-@FUZZ_SETTINGS
+@RECORD_FUZZ_SETTINGS
 @given(data=record_streams)
 def test_random_records_server(data: bytes) -> None:
     _check(_drive_server, data)
 
 
-@FUZZ_SETTINGS
+@RECORD_FUZZ_SETTINGS
 @given(data=record_streams)
 def test_random_records_client(data: bytes) -> None:
     _check(_drive_client, data)

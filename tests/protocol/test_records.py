@@ -9,12 +9,13 @@ from fcgi_async.protocol import (
     LocalProtocolError,
     RecordType,
     RemoteProtocolError,
-    decode_pairs,
     encode_pairs,
     encode_record,
+    records,
 )
 from fcgi_async.protocol._buffer import RecordBuffer
 from fcgi_async.protocol.records import (
+    DecodePairs,
     encode_begin_request,
     encode_end_request,
     encode_stream,
@@ -132,6 +133,15 @@ class _HugeName(bytes):
         return 0x80000000
 
 
+DECODERS = {"python": records.select_decode_pairs(False), "selected": records.decode_pairs}
+
+
+@pytest.fixture(params=sorted(DECODERS))
+def decode(request: pytest.FixtureRequest) -> DecodePairs:
+    """Each pair decoder: the pure-Python reference and the one in use (C when built)."""
+    return DECODERS[request.param]
+
+
 class TestNameValuePairs:
     """Name-value pairs of every length class, and truncated ones (spec §3.4)."""
 
@@ -146,57 +156,62 @@ class TestNameValuePairs:
             (1 << 20, b"\x80\x10\x00\x00"),
         ],
     )
-    def test_length_classes(self, length: int, prefix: bytes) -> None:
+    def test_length_classes(self, decode: DecodePairs, length: int, prefix: bytes) -> None:
         name = b"n" * length
         value = b"v" * length
         wire = encode_pairs({name: value})
         assert wire == prefix + prefix + name + value
-        assert decode_pairs(wire, 10) == [(name, value)]
+        assert decode(wire, 10) == [(name, value)]
 
-    def test_mixed_lengths_and_order(self) -> None:
+    def test_mixed_lengths_and_order(self, decode: DecodePairs) -> None:
         pairs = [(b"", b""), (b"a", b"x" * 200), (b"b" * 300, b""), (b"c", b"d")]
-        assert decode_pairs(encode_pairs(pairs), 10) == pairs
+        assert decode(encode_pairs(pairs), 10) == pairs
 
     def test_mapping_and_iterable_agree(self) -> None:
         assert encode_pairs({b"a": b"1", b"b": b"2"}) == encode_pairs([(b"a", b"1"), (b"b", b"2")])
 
-    def test_any_bytes_survive(self) -> None:
+    def test_any_bytes_survive(self, decode: DecodePairs) -> None:
         odd = bytes(range(256))
-        assert decode_pairs(encode_pairs({odd: odd[::-1]}), 1) == [(odd, odd[::-1])]
+        assert decode(encode_pairs({odd: odd[::-1]}), 1) == [(odd, odd[::-1])]
 
-    def test_bytearray_input(self) -> None:
-        assert decode_pairs(bytearray(encode_pairs({b"k": b"v"})), 1) == [(b"k", b"v")]
+    def test_bytearray_input_gives_bytes(self, decode: DecodePairs) -> None:
+        ((name, value),) = decode(bytearray(encode_pairs({b"k": b"v"})), 1)
+        assert (name, value) == (b"k", b"v")
+        assert type(name) is bytes
+        assert type(value) is bytes
 
     def test_too_long_for_fastcgi(self) -> None:
         with pytest.raises(LocalProtocolError, match="too long"):
             encode_pairs([(_HugeName(), b"")])
 
-    def test_max_pairs(self) -> None:
+    def test_max_pairs(self, decode: DecodePairs) -> None:
         wire = encode_pairs([(b"a", b"1")] * 3)
-        assert len(decode_pairs(wire, 3)) == 3
+        assert len(decode(wire, 3)) == 3
         with pytest.raises(RemoteProtocolError, match="more than 2"):
-            decode_pairs(wire, 2)
+            decode(wire, 2)
 
     @pytest.mark.parametrize(
-        "wire",
+        ("wire", "match"),
         [
-            pytest.param(b"\x01", id="value-length-missing"),
-            pytest.param(b"\x80\x00\x00", id="4-byte-name-length-truncated"),
-            pytest.param(b"\x01\x80\x00", id="4-byte-value-length-truncated"),
-            pytest.param(b"\x01\x01a", id="value-missing"),
-            pytest.param(b"\x05\x00abc", id="name-short"),
-            pytest.param(b"\xff\xff\xff\xff\x00abc", id="huge-4-byte-length"),
-            pytest.param(b"\x00\xff\xff\xff\xff", id="huge-4-byte-value-length"),
-            pytest.param(encode_pairs({b"a": b"b"}) + b"\x03", id="garbage-after-pair"),
+            pytest.param(b"\x01", "in its lengths", id="value-length-missing"),
+            pytest.param(b"\x80\x00\x00", "4-byte length", id="4-byte-name-length-truncated"),
+            pytest.param(b"\x01\x80\x00", "4-byte length", id="4-byte-value-length-truncated"),
+            pytest.param(b"\x01\x01a", "longer than the stream", id="value-missing"),
+            pytest.param(b"\x05\x00abc", "longer than the stream", id="name-short"),
+            pytest.param(b"\xff\xff\xff\xff\x00abc", "longer than the stream", id="huge-name"),
+            pytest.param(b"\x00\xff\xff\xff\xff", "longer than the stream", id="huge-value"),
+            pytest.param(encode_pairs({b"a": b"b"}) + b"\x03", "in its lengths", id="garbage"),
         ],
     )
-    def test_truncated_pairs_fail_cleanly(self, wire: bytes) -> None:
-        with pytest.raises(RemoteProtocolError):
-            decode_pairs(wire, 10)
+    def test_truncated_pairs_fail_cleanly(
+        self, decode: DecodePairs, wire: bytes, match: str
+    ) -> None:
+        with pytest.raises(RemoteProtocolError, match=match):
+            decode(wire, 10)
 
-    def test_top_bit_is_masked(self) -> None:
+    def test_top_bit_is_masked(self, decode: DecodePairs) -> None:
         # A 4-byte length is 31 bits: the top bit is the marker, never part of the length.
-        assert decode_pairs(b"\x80\x00\x00\x01\x00a", 1) == [(b"a", b"")]
+        assert decode(b"\x80\x00\x00\x01\x00a", 1) == [(b"a", b"")]
 
 
 class TestRecordBuffer:
