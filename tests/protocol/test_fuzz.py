@@ -8,6 +8,7 @@ byte at a time; both feeds must give the same events and fail at the same record
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 
 from hypothesis import given
@@ -37,18 +38,14 @@ Outcome = tuple[list[object], bool, bytes, bytes]
 ``data_to_send``) and the responses the driver framed; each is independent of the split."""
 
 
-def _server() -> ServerConnection:
-    return ServerConnection(
+def _drive_server(pieces: Iterable[bytes], multiplex: bool = True) -> Outcome:
+    """Feed ``pieces``; behave like an application that answers once its input is done."""
+    server = ServerConnection(
         limits=Limits(max_params_bytes=600, max_params_pairs=5, max_requests_per_connection=3),
         roles=(Role.RESPONDER, Role.FILTER),
-        multiplex=True,
-        management_values={FCGI_MAX_CONNS: b"7", FCGI_MPXS_CONNS: b"1"},
+        multiplex=multiplex,
+        management_values={FCGI_MAX_CONNS: b"7", FCGI_MPXS_CONNS: b"1" if multiplex else b"0"},
     )
-
-
-def _drive_server(pieces: Iterable[bytes]) -> Outcome:
-    """Feed ``pieces``; behave like an application that answers once its input is done."""
-    server = _server()
     roles: dict[int, Role] = {}
     events: list[object] = []
     answers = responses = b""
@@ -121,9 +118,9 @@ def test_random_bytes_client(data: bytes) -> None:
 
 
 @RECORD_FUZZ_SETTINGS
-@given(data=record_streams)
-def test_random_records_server(data: bytes) -> None:
-    _check(_drive_server, data)
+@given(data=record_streams, multiplex=st.booleans())
+def test_random_records_server(data: bytes, multiplex: bool) -> None:
+    _check(functools.partial(_drive_server, multiplex=multiplex), data)
 
 
 @RECORD_FUZZ_SETTINGS
@@ -152,9 +149,9 @@ def _mutated(draw: st.DrawFn, base: bytes) -> bytes:
 
 
 @SETTINGS
-@given(data=_mutated(SERVER_STREAM))
-def test_mutated_conversation_server(data: bytes) -> None:
-    _check(_drive_server, data)
+@given(data=_mutated(SERVER_STREAM), multiplex=st.booleans())
+def test_mutated_conversation_server(data: bytes, multiplex: bool) -> None:
+    _check(functools.partial(_drive_server, multiplex=multiplex), data)
 
 
 @SETTINGS
