@@ -19,8 +19,10 @@ Each FastCGI request becomes one ``http`` scope built from the CGI params (DESIG
   CONTENT_TYPE / CONTENT_LENGTH when non-empty. HTTP_PROXY is never passed on (httpoxy), and the
   redundant HTTP_CONTENT_TYPE / HTTP_CONTENT_LENGTH are dropped in favour of the CGI variables.
   Params are never copied into ``os.environ``.
-* ``scheme`` follows HTTPS / REQUEST_SCHEME; ``client`` is (REMOTE_ADDR, REMOTE_PORT) and
-  ``server`` is (SERVER_ADDR or SERVER_NAME, SERVER_PORT).
+* ``scheme`` follows HTTPS / REQUEST_SCHEME; ``client`` is (REMOTE_ADDR, REMOTE_PORT), with
+  port 0 when REMOTE_PORT is missing (nginx on a unix socket), and ``server`` is (SERVER_ADDR or
+  SERVER_NAME, SERVER_PORT or None). Either is ``None`` when its address is missing.
+* ``http_version`` is "1.0", "1.1" or "2" from SERVER_PROTOCOL ("1.1" when unknown).
 * ``state`` is a shallow copy of the lifespan state (ASGI 2.4 "lifespan state").
 
 Extensions in ``scope["extensions"]``:
@@ -32,7 +34,9 @@ Extensions in ``scope["extensions"]``:
   scope does not carry (DOCUMENT_ROOT, SSL_*, ...).
 * ``"fcgi.data"`` (FILTER role only): ``{"receive": <coroutine function>}``. The DATA stream
   (the file to filter) is read with ``await scope["extensions"]["fcgi.data"]["receive"]()``,
-  which returns the next chunk as bytes and ``b""`` at the end of the stream.
+  which returns the next chunk as bytes and ``b""`` at the end of the stream. Reading DATA
+  first discards whatever the application has not read of the request body (STDIN comes
+  before DATA on the wire).
 
 Trailers and early hints are not advertised: FastCGI cannot carry them.
 

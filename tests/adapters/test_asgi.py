@@ -1291,6 +1291,7 @@ async def test_lifespan_startup_twice_is_an_error() -> None:
 starlette = pytest.importorskip("starlette")
 
 from starlette.applications import Starlette  # noqa: E402
+from starlette.background import BackgroundTask  # noqa: E402
 from starlette.requests import Request as StarletteRequest  # noqa: E402
 from starlette.responses import (  # noqa: E402
     FileResponse,
@@ -1353,6 +1354,20 @@ def make_starlette(tmp_path: Path) -> Starlette:
     async def file(request: StarletteRequest) -> Response:
         return FileResponse(static)
 
+    async def background(request: StarletteRequest) -> Response:
+        async def later() -> None:
+            done.append(req_ended())
+
+        def req_ended() -> bool:
+            return bool(request.scope["extensions"]["test.request"].ended)
+
+        done: list[bool] = request.app.state.background_done
+        return PlainTextResponse("queued", background=BackgroundTask(later))
+
+    async def disconnected(request: StarletteRequest) -> Response:
+        await request.body()
+        return PlainTextResponse(str(await request.is_disconnected()))
+
     async def url_for(request: StarletteRequest) -> Response:
         return PlainTextResponse(str(request.url_for("user", user_id=3)))
 
@@ -1368,8 +1383,12 @@ def make_starlette(tmp_path: Path) -> Starlette:
         Route("/upload", upload, methods=["POST"]),
         Route("/file", file),
         Route("/url-for", url_for),
+        Route("/background", background),
+        Route("/disconnected", disconnected, methods=["POST"]),
     ]
-    return Starlette(routes=[*routes, Mount("/sub", routes=routes)], lifespan=lifespan)
+    app = Starlette(routes=[*routes, Mount("/sub", routes=routes)], lifespan=lifespan)
+    app.state.background_done = []
+    return app
 
 
 @pytest.fixture
@@ -1475,6 +1494,32 @@ async def test_starlette_streaming_client_gone(starlette_adapter: ASGIAdapter) -
     assert not req.ended
     assert not req.failed
     assert req.parsed()[2] == b"0\n1\n"
+
+
+async def test_starlette_background_task_runs_after_the_response(tmp_path: Path) -> None:
+    app = make_starlette(tmp_path)
+    seen: list[FakeRequest] = []
+
+    async def expose(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["extensions"]["test.request"] = seen[0]
+        await app(scope, receive, send)
+
+    adapter = ASGIAdapter(expose, lifespan="off")
+    req = get("/background")
+    seen.append(req)
+    await adapter(req)
+    assert req.parsed()[2] == b"queued"
+    assert req.writes == 1
+    assert app.state.background_done == [True]  # the response was complete before it ran
+
+
+async def test_starlette_is_disconnected(starlette_adapter: ASGIAdapter) -> None:
+    req = FakeRequest(
+        {"REQUEST_METHOD": "POST", "REQUEST_URI": "/disconnected", "CONTENT_LENGTH": "2"},
+        body=[b"hi"],
+    )
+    await starlette_adapter(req)
+    assert req.parsed()[2] == b"False"
 
 
 async def test_starlette_cookies(starlette_adapter: ASGIAdapter) -> None:
