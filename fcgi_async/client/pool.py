@@ -1,0 +1,571 @@
+"""The client: a connection pool for one FastCGI server address (after httpcore's pool).
+
+Theory of operation: every request joins a FIFO of waiters and calls
+:meth:`FastCGIClient._assign`, a synchronous step that drops closed connections, picks expired
+idle ones to close, and hands waiters to connections with a free slot (opening new connections
+up to the limit, evicting an idle one when at the limit). It returns what to close; closing
+happens right after and is synchronous too, so no ``await`` can be cancelled half-way through a
+pool decision. Waiters then connect (if needed) and run their request on the connection they
+were given.
+
+Multiplexing: the first request asks the server GET_VALUES on a separate short-lived
+connection (php-fpm answers, then closes the connection it was asked on). With
+``FCGI_MPXS_CONNS=1`` requests share connections up to ``max_requests_per_connection``; a
+server that never answers within ``get_values_timeout`` or does not understand the question is
+used one request per connection. ``FCGI_MAX_CONNS`` lowers ``max_connections`` and
+``FCGI_MAX_REQS`` caps requests in flight. A CANT_MPX_CONN answer turns multiplexing off for
+the pool and the request is retried once on another connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from typing import Final, TypeAlias
+
+from ..protocol import (
+    FCGI_MAX_CONNS,
+    FCGI_MAX_REQS,
+    FCGI_MPXS_CONNS,
+    NEED_DATA,
+    ClientConnection,
+    GetValuesResult,
+    RemoteProtocolError,
+    Role,
+    UnknownTypeReceived,
+)
+from .address import Address, open_stream, parse_address
+from .connection import Connection, Exchange, Unavailable
+from .errors import (
+    CantMultiplex,
+    ConnectError,
+    ConnectionLost,
+    FastCGIError,
+    PoolClosed,
+    ProtocolError,
+    Timeout,
+)
+from .response import (
+    MAX_HEADER_BLOCK_BYTES,
+    Response,
+    StreamingResponse,
+    find_header_end,
+    parse_head,
+)
+from .timeouts import Budget, Timeouts
+
+logger = logging.getLogger("fcgi_async.client")
+
+#: Connections per pool. php-fpm's default ``pm.max_children`` is 5; FCGI_MAX_CONNS lowers it.
+DEFAULT_MAX_CONNECTIONS: Final = 10
+#: Requests at once on one multiplexed connection (our server accepts 100 by default).
+DEFAULT_MAX_REQUESTS_PER_CONNECTION: Final = 100
+#: Seconds an idle connection is kept. Short on purpose: php-fpm pins a worker to each idle
+#: kept-alive connection, so a long expiry starves other clients of the pool.
+DEFAULT_KEEPALIVE_EXPIRY_S: Final = 5.0
+#: Seconds the first request waits for the GET_VALUES answer before assuming no multiplexing.
+DEFAULT_GET_VALUES_TIMEOUT_S: Final = 1.0
+#: STDERR bytes kept per response; more is passed to ``on_stderr`` but not kept.
+DEFAULT_MAX_STDERR_BYTES: Final = 1024 * 1024
+#: The names GET_VALUES asks by default (spec §4.1).
+DEFAULT_VALUE_NAMES: Final = ("FCGI_MAX_CONNS", "FCGI_MAX_REQS", "FCGI_MPXS_CONNS")
+
+ParamValue: TypeAlias = str | bytes
+Params: TypeAlias = Mapping[str, ParamValue] | Mapping[bytes, ParamValue]
+"""CGI params: names and values as ``str`` (encoded UTF-8) or ``bytes`` (sent as they are)."""
+Body: TypeAlias = bytes | bytearray | memoryview | AsyncIterable[bytes] | None
+"""A request body: bytes, or an async iterable of bytes chunks (streamed as it is produced)."""
+
+
+def encode_params(params: Params) -> list[tuple[bytes, bytes]]:
+    """Return ``params`` as the bytes pairs FastCGI carries (``str`` encoded as UTF-8)."""
+    out: list[tuple[bytes, bytes]] = []
+    for name, value in params.items():
+        out.append(
+            (
+                name.encode() if isinstance(name, str) else bytes(name),
+                value.encode() if isinstance(value, str) else bytes(value),
+            )
+        )
+    return out
+
+
+class _Waiter:
+    """A request waiting for the pool to assign it a connection."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: asyncio.Future[Connection]) -> None:
+        self.future = future
+
+
+class FastCGIClient:
+    """An async FastCGI client with a connection pool for one server address.
+
+    Args:
+        address: ``unix:PATH``, ``HOST:PORT`` or ``[V6]:PORT`` (or a parsed :class:`Address`).
+        max_connections: connections open at once (lowered by the server's FCGI_MAX_CONNS).
+        max_requests_per_connection: requests at once on one multiplexed connection.
+        multiplex: ``None`` asks the server (GET_VALUES); ``True``/``False`` skip the question.
+        keepalive_expiry: seconds an idle connection is kept; ``None`` keeps it until closed.
+        timeouts: default time limits of each request.
+        get_values_timeout: how long the first request waits for the GET_VALUES answer.
+        max_stderr_bytes: STDERR bytes kept per response.
+        on_stderr: called with every STDERR chunk as it arrives (e.g. to log it).
+
+    Use as ``async with FastCGIClient(...) as client:`` or call :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        address: str | Address,
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_requests_per_connection: int = DEFAULT_MAX_REQUESTS_PER_CONNECTION,
+        multiplex: bool | None = None,
+        keepalive_expiry: float | None = DEFAULT_KEEPALIVE_EXPIRY_S,
+        timeouts: Timeouts | None = None,
+        get_values_timeout: float = DEFAULT_GET_VALUES_TIMEOUT_S,
+        max_stderr_bytes: int = DEFAULT_MAX_STDERR_BYTES,
+        on_stderr: Callable[[bytes], None] | None = None,
+    ) -> None:
+        if max_connections < 1 or max_requests_per_connection < 1:
+            raise ValueError("max_connections and max_requests_per_connection must be >= 1")
+        self.address = parse_address(address) if isinstance(address, str) else address
+        self._max_connections = max_connections
+        self._max_requests_per_connection = max_requests_per_connection
+        self._max_requests: int | None = None
+        self._multiplex = multiplex
+        self._keepalive_expiry = keepalive_expiry
+        self.timeouts = timeouts or Timeouts()
+        self._get_values_timeout = get_values_timeout
+        self._max_stderr_bytes = max_stderr_bytes
+        self._on_stderr = on_stderr
+        self._connections: list[Connection] = []
+        self._waiting: deque[_Waiter] = deque()
+        self._probe_task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<FastCGIClient {self.address} multiplex={self._multiplex}"
+            f" connections={len(self._connections)} waiting={len(self._waiting)}>"
+        )
+
+    # ------------------------------------------------------------------ inspection
+    @property
+    def multiplexing(self) -> bool | None:
+        """Whether requests share connections; ``None`` until the server was asked."""
+        return self._multiplex
+
+    @property
+    def connections(self) -> list[Connection]:
+        """The pool's connections (a copy; for tests and diagnostics)."""
+        return list(self._connections)
+
+    # ------------------------------------------------------------- the sync step
+    def _assign(self) -> list[Connection]:
+        """Match waiters with connections. Synchronous; returns connections to close."""
+        closing: list[Connection] = []
+        now = asyncio.get_running_loop().time()
+        for conn in list(self._connections):
+            if conn.is_closed():
+                self._connections.remove(conn)
+            elif conn.has_expired(now):
+                self._connections.remove(conn)
+                closing.append(conn)
+        in_flight = sum(c.slots for c in self._connections)
+        while self._waiting:
+            waiter = self._waiting[0]
+            if waiter.future.done():  # cancelled while queued
+                self._waiting.popleft()
+                continue
+            if self._max_requests is not None and in_flight >= self._max_requests:
+                break
+            available = [c for c in self._connections if c.is_available()]
+            if available:
+                # Fill the busiest connection first: requests share one multiplexed connection.
+                conn = max(available, key=lambda c: c.slots)
+            else:
+                if len(self._connections) >= self._max_connections:
+                    idle = [c for c in self._connections if c.is_idle()]
+                    if not idle:
+                        break
+                    self._connections.remove(idle[0])
+                    closing.append(idle[0])
+                conn = Connection(
+                    self.address,
+                    multiplex=bool(self._multiplex),
+                    max_requests=self._max_requests_per_connection,
+                    keepalive_expiry=self._keepalive_expiry,
+                    on_change=self._reassign,
+                    on_cant_multiplex=self._cant_multiplex,
+                )
+                self._connections.append(conn)
+            self._waiting.popleft()
+            conn.slots += 1
+            in_flight += 1
+            waiter.future.set_result(conn)
+        return closing
+
+    def _reassign(self) -> None:
+        if self._closed:
+            return
+        for conn in self._assign():
+            conn.close()
+
+    def _cant_multiplex(self) -> None:
+        if self._multiplex:
+            logger.info("%s answered CANT_MPX_CONN: no more multiplexing", self.address)
+        self._multiplex = False
+
+    # --------------------------------------------------------------- acquisition
+    async def _acquire(self, budget: Budget) -> Connection:
+        if self._closed:
+            raise PoolClosed("the client is closed")
+        waiter = _Waiter(asyncio.get_running_loop().create_future())
+        self._waiting.append(waiter)
+        self._reassign()
+        try:
+            async with budget.phase("pool"):
+                return await asyncio.shield(waiter.future)
+        except BaseException:
+            future = waiter.future
+            if future.done() and not future.cancelled() and future.exception() is None:
+                future.result().unassign()
+            else:
+                future.cancel()
+                with contextlib.suppress(ValueError):
+                    self._waiting.remove(waiter)
+            self._reassign()
+            raise
+
+    async def _ensure_probed(self, budget: Budget) -> None:
+        if self._multiplex is not None:
+            return
+        task = self._probe_task
+        if task is None:
+            task = self._probe_task = asyncio.get_running_loop().create_task(self._probe())
+            task.add_done_callback(self._probe_done)
+        async with budget.phase("connect"):
+            await asyncio.shield(task)
+
+    def _probe_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            self._probe_task = None  # ask again with the next request
+
+    async def _probe(self) -> None:
+        try:
+            values = await query_values(
+                self.address,
+                (FCGI_MAX_CONNS, FCGI_MAX_REQS, FCGI_MPXS_CONNS),
+                connect_timeout=self.timeouts.connect,
+                answer_timeout=self._get_values_timeout,
+            )
+        except (ConnectionLost, ProtocolError) as exc:
+            logger.debug("%s: no GET_VALUES answer (%s): no multiplexing", self.address, exc)
+            values = {}
+        except Timeout as exc:
+            if exc.phase == "connect":
+                raise
+            logger.debug("%s: GET_VALUES unanswered: no multiplexing", self.address)
+            values = {}
+        if self._multiplex is None:
+            self._multiplex = values.get(FCGI_MPXS_CONNS, b"").strip() == b"1"
+        max_conns = _positive(values.get(FCGI_MAX_CONNS))
+        if max_conns is not None:
+            self._max_connections = min(self._max_connections, max_conns)
+        self._max_requests = _positive(values.get(FCGI_MAX_REQS))
+        logger.debug(
+            "%s: multiplex=%s max_connections=%d max_requests=%s",
+            self.address,
+            self._multiplex,
+            self._max_connections,
+            self._max_requests,
+        )
+
+    # ------------------------------------------------------------------ requests
+    async def _open(
+        self,
+        params: Params,
+        body: Body,
+        role: Role,
+        timeouts: Timeouts,
+    ) -> StreamingResponse:
+        budget = Budget(timeouts)
+        pairs = encode_params(params)
+        payload: bytes | AsyncIterator[bytes]
+        if body is None:
+            payload = b""
+        elif isinstance(body, bytes | bytearray | memoryview):
+            payload = bytes(body)
+        else:
+            payload = aiter(body)
+        await self._ensure_probed(budget)
+        retried = False
+        unavailable = 0
+        while True:
+            conn = await self._acquire(budget)
+            try:
+                ex = await conn.start_request(
+                    pairs,
+                    payload,
+                    role,
+                    budget,
+                    stderr_limit=self._max_stderr_bytes,
+                    on_stderr=self._on_stderr,
+                )
+            except Unavailable:
+                unavailable += 1
+                if unavailable > 3:
+                    raise ConnectionLost(f"no usable connection to {self.address}") from None
+                continue
+            try:
+                return await _read_head(ex, budget)
+            except BaseException as exc:
+                ex.close()
+                if not retried and isinstance(payload, bytes) and _retryable(exc, ex):
+                    retried = True
+                    logger.debug("%s: retrying request after %r", self.address, exc)
+                    continue
+                raise
+
+    async def request(
+        self,
+        params: Params,
+        body: Body = None,
+        *,
+        role: Role = Role.RESPONDER,
+        timeout: float | None = None,  # noqa: ASYNC109 - a per-request deadline is the API
+        timeouts: Timeouts | None = None,
+    ) -> Response:
+        """Send one request and read the whole response.
+
+        Args:
+            params: the CGI params (see :func:`fcgi_async.client.build_params`).
+            body: the request body (STDIN): bytes or an async iterable of bytes.
+            role: the FastCGI role (RESPONDER by default).
+            timeout: total seconds for the whole exchange (overrides ``timeouts.total``).
+            timeouts: all time limits for this request (default: the client's).
+
+        Raises:
+            FastCGIError: see :mod:`fcgi_async.client.errors`.
+        """
+        limits = self._limits(timeout, timeouts)
+        streaming = await self._open(params, body, role, limits)
+        async with streaming as response:
+            data = await response.aread()
+            return Response(
+                status_code=response.status_code,
+                reason=response.reason,
+                headers=response.headers,
+                body=data,
+                stderr=response.stderr,
+                app_status=response.app_status or 0,
+            )
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self,
+        params: Params,
+        body: Body = None,
+        *,
+        role: Role = Role.RESPONDER,
+        timeout: float | None = None,  # noqa: ASYNC109
+        timeouts: Timeouts | None = None,
+    ) -> AsyncIterator[StreamingResponse]:
+        """Send one request; yield the response once its head arrived, body unread.
+
+        ``async with client.stream(params) as response:`` then ``response.aiter_bytes()``.
+        Leaving the block before the end of the body aborts the request. Arguments and errors
+        as for :meth:`request`.
+        """
+        response = await self._open(params, body, role, self._limits(timeout, timeouts))
+        try:
+            yield response
+        finally:
+            await response.aclose()
+
+    async def send(
+        self,
+        params: Params,
+        body: Body = None,
+        *,
+        role: Role = Role.RESPONDER,
+        timeouts: Timeouts | None = None,
+    ) -> StreamingResponse:
+        """Like :meth:`stream` without the context manager: the caller must close the response.
+
+        Used by the httpx transports, whose response objects own closing.
+        """
+        return await self._open(params, body, role, timeouts or self.timeouts)
+
+    def _limits(self, timeout: float | None, timeouts: Timeouts | None) -> Timeouts:
+        base = timeouts or self.timeouts
+        if timeout is None:
+            return base
+        return Timeouts(base.connect, base.pool, base.read, base.write, timeout)
+
+    async def get_values(
+        self,
+        names: Iterable[str] = DEFAULT_VALUE_NAMES,
+        *,
+        timeout: float = 5.0,  # noqa: ASYNC109
+    ) -> dict[str, str]:
+        """Ask the server GET_VALUES on a fresh connection (spec §4.1); see :func:`get_values`."""
+        return await get_values(self.address, names, timeout=timeout)
+
+    # ------------------------------------------------------------------- closing
+    async def aclose(self) -> None:
+        """Close every connection; running requests fail with ``ConnectionLost``."""
+        if self._closed:
+            return
+        self._closed = True
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.future.done():
+                waiter.future.set_exception(PoolClosed("the client was closed"))
+                waiter.future.exception()  # retrieved by its awaiter, or by nobody
+        if self._probe_task is not None and not self._probe_task.done():
+            self._probe_task.cancel()
+        conns, self._connections = self._connections, []
+        for conn in conns:
+            conn.close(ConnectionLost("the client was closed"))
+        await asyncio.gather(*(conn.wait_closed() for conn in conns))
+
+    async def __aenter__(self) -> FastCGIClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+async def _read_head(ex: Exchange, budget: Budget) -> StreamingResponse:
+    buffer = bytearray()
+    while True:
+        chunk = await ex.receive(budget)
+        if not chunk:
+            excerpt = bytes(ex.stderr[:200]).decode("utf-8", "replace").strip()
+            raise ProtocolError(
+                "the response ended before its header block was complete"
+                + (f" (stderr: {excerpt})" if excerpt else "")
+            )
+        buffer += chunk
+        found = find_header_end(buffer)
+        if found is not None:
+            head_end, body_start = found
+            status, reason, headers = parse_head(bytes(buffer[:head_end]))
+            return StreamingResponse(
+                status_code=status,
+                reason=reason,
+                headers=headers,
+                _exchange=ex,
+                _first=bytes(buffer[body_start:]),
+                _budget=budget,
+            )
+        if len(buffer) > MAX_HEADER_BLOCK_BYTES:
+            raise ProtocolError(f"response header block exceeds {MAX_HEADER_BLOCK_BYTES} bytes")
+
+
+def _retryable(exc: BaseException, ex: Exchange) -> bool:
+    """A request may be sent again: refused for multiplexing, or its reused connection was
+    stale (closed by the server before any answer, e.g. a recycled php-fpm worker)."""
+    if isinstance(exc, CantMultiplex):
+        return True
+    return isinstance(exc, ConnectionLost) and ex.reused and not ex.received_any
+
+
+def _positive(value: bytes | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        n = int(value.strip())
+    except ValueError:
+        return None
+    return n if n > 0 else None
+
+
+async def query_values(
+    address: Address,
+    names: Iterable[bytes],
+    *,
+    connect_timeout: float | None,
+    answer_timeout: float | None,
+) -> dict[bytes, bytes]:
+    """Ask GET_VALUES on a new connection, return the answer, close the connection.
+
+    Raises:
+        ConnectError: connecting failed.
+        Timeout: connecting (phase ``connect``) or the answer (phase ``read``) took too long.
+        ConnectionLost: the server closed the connection without answering.
+        ProtocolError: the server answered UNKNOWN_TYPE or broke the protocol.
+    """
+    try:
+        async with asyncio.timeout(connect_timeout):
+            reader, writer = await open_stream(address)
+    except TimeoutError:
+        raise Timeout(f"connect to {address} timed out", "connect") from None
+    except OSError as exc:
+        raise ConnectError(f"cannot connect to {address}: {exc.strerror or exc}") from exc
+    codec = ClientConnection()
+    try:
+        writer.write(codec.get_values(names))
+        async with asyncio.timeout(answer_timeout):
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    raise ConnectionLost(f"{address} closed the connection without answering")
+                codec.receive_data(data)
+                event = codec.next_event()
+                if isinstance(event, GetValuesResult):
+                    return event.values
+                if isinstance(event, UnknownTypeReceived):
+                    raise ProtocolError(f"{address} does not understand GET_VALUES")
+                if event is not NEED_DATA:
+                    raise ProtocolError(f"{address} answered GET_VALUES with {event!r}")
+    except TimeoutError:
+        raise Timeout(f"{address} did not answer GET_VALUES", "read") from None
+    except RemoteProtocolError as exc:
+        raise ProtocolError(f"{address} broke the FastCGI protocol: {exc}") from None
+    except OSError as exc:
+        raise ConnectionLost(f"connection to {address} failed: {exc.strerror or exc}") from None
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(1.0):
+                await writer.wait_closed()
+
+
+async def get_values(
+    address: str | Address,
+    names: Iterable[str] = DEFAULT_VALUE_NAMES,
+    *,
+    timeout: float = 5.0,  # noqa: ASYNC109
+) -> dict[str, str]:
+    """Ask a FastCGI server for its management values (spec §4.1).
+
+    Args:
+        address: the server address.
+        names: the variable names (``FCGI_MAX_CONNS``, ``FCGI_MAX_REQS``, ``FCGI_MPXS_CONNS``).
+        timeout: seconds for connecting and for the answer, each.
+
+    Returns:
+        The names the server knows, mapped to their values (latin-1 decoded).
+
+    Raises:
+        FastCGIError: connecting failed, no answer in time, or the answer was malformed.
+    """
+    addr = parse_address(address) if isinstance(address, str) else address
+    values = await query_values(
+        addr,
+        [n.encode("latin-1") for n in names],
+        connect_timeout=timeout,
+        answer_timeout=timeout,
+    )
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in values.items()}
+
+
+__all__ = ["Body", "FastCGIClient", "FastCGIError", "Params", "get_values", "query_values"]

@@ -1,0 +1,205 @@
+"""The CGI response a FastCGI responder writes on STDOUT (RFC 3875 §6), parsed.
+
+A responder writes a header block (``Status:``, ``Location:``, other headers), a blank line,
+then the body. As nginx does: the status comes from ``Status:``; ``Location`` without
+``Status`` means 302; otherwise 200. ``Status`` itself is not kept among the headers; every
+other header is kept in order, repeats included (several ``Set-Cookie``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Final
+
+from .errors import ProtocolError
+
+if TYPE_CHECKING:
+    from .connection import Exchange
+    from .timeouts import Budget
+
+#: Bytes a header block may take before the response is refused as malformed. nginx reads the
+#: header into ``fastcgi_buffer_size`` (4-8 KiB by default); 64 KiB forgives large cookies.
+MAX_HEADER_BLOCK_BYTES: Final = 64 * 1024
+
+_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_END: Final = re.compile(rb"\r?\n\r?\n")
+
+Headers = list[tuple[str, str]]
+"""Response headers in order as ``(name, value)``, latin-1 decoded, names as sent."""
+
+
+def find_header_end(buffer: bytes | bytearray) -> tuple[int, int] | None:
+    """Return ``(end of headers, start of body)`` in ``buffer``, or ``None`` if incomplete.
+
+    A body-less header block may also start with a blank line (no headers at all).
+    """
+    if buffer.startswith(b"\r\n"):
+        return 0, 2
+    if buffer.startswith(b"\n"):
+        return 0, 1
+    m = _HEADER_END.search(buffer)
+    return None if m is None else (m.start(), m.end())
+
+
+def parse_head(block: bytes) -> tuple[int, str, Headers]:
+    """Parse a CGI header block (without its closing blank line).
+
+    Returns:
+        ``(status_code, reason, headers)``.
+
+    Raises:
+        ProtocolError: a line is not ``Name: value``, or ``Status`` is not ``NNN [reason]``.
+    """
+    status: int | None = None
+    reason = ""
+    location = False
+    headers: Headers = []
+    for raw in block.split(b"\n"):
+        line = raw[:-1] if raw.endswith(b"\r") else raw
+        if not line:
+            continue
+        name, sep, value = line.partition(b":")
+        if not sep or not _TOKEN.fullmatch(name):
+            raise ProtocolError(f"malformed CGI header line {bytes(line[:80])!r}")
+        value = value.strip(b" \t")
+        lname = name.lower()
+        if lname == b"status":
+            code, _, text = value.partition(b" ")
+            if len(code) != 3 or not code.isdigit() or int(code) < 100:
+                raise ProtocolError(f"malformed CGI Status header {bytes(value[:80])!r}")
+            status = int(code)
+            reason = text.strip().decode("latin-1")
+            continue
+        if lname == b"location":
+            location = True
+        headers.append((name.decode("latin-1"), value.decode("latin-1")))
+    if status is None:
+        status = 302 if location else 200
+    if not reason:
+        try:
+            reason = HTTPStatus(status).phrase
+        except ValueError:
+            reason = ""
+    return status, reason, headers
+
+
+class _HeaderAccess:
+    """Case-insensitive header look-ups shared by both response types."""
+
+    headers: Headers
+
+    def get_header(self, name: str, default: str | None = None) -> str | None:
+        """Return the first value of header ``name`` (case-insensitive), or ``default``."""
+        lname = name.lower()
+        for key, value in self.headers:
+            if key.lower() == lname:
+                return value
+        return default
+
+    def get_headers(self, name: str) -> list[str]:
+        """Return every value of header ``name`` (case-insensitive), in order."""
+        lname = name.lower()
+        return [value for key, value in self.headers if key.lower() == lname]
+
+
+@dataclass(slots=True)
+class Response(_HeaderAccess):
+    """A complete response, body read.
+
+    Attributes:
+        status_code: the HTTP status (from ``Status:``, 302 for a bare ``Location``, else 200).
+        reason: the reason phrase sent with ``Status:``, or the standard one.
+        headers: the other headers in order, repeats kept.
+        body: the response body.
+        stderr: what the application wrote on STDERR (bounded, see ``max_stderr_bytes``).
+        app_status: the END_REQUEST application status (the CGI "exit code").
+    """
+
+    status_code: int
+    reason: str
+    headers: Headers
+    body: bytes
+    stderr: bytes = b""
+    app_status: int = 0
+
+    @property
+    def text(self) -> str:
+        """The body decoded as UTF-8 (undecodable bytes replaced)."""
+        return self.body.decode("utf-8", "replace")
+
+
+@dataclass(slots=True, eq=False)
+class StreamingResponse(_HeaderAccess):
+    """A response whose head arrived and whose body is read on demand.
+
+    Close it (``async with``, :meth:`aclose`, or reading to the end): closing early aborts the
+    request (ABORT_REQUEST on a multiplexed connection, otherwise the connection is closed).
+
+    Attributes:
+        status_code: the HTTP status.
+        reason: the reason phrase.
+        headers: the headers in order, repeats kept.
+    """
+
+    status_code: int
+    reason: str
+    headers: Headers
+    _exchange: Exchange = field(repr=False)
+    _first: bytes = field(repr=False, default=b"")
+    _budget: Budget | None = field(repr=False, default=None)
+    _consumed: bool = field(repr=False, default=False)
+
+    @property
+    def stderr(self) -> bytes:
+        """STDERR received so far; complete once the body has been read."""
+        return bytes(self._exchange.stderr)
+
+    @property
+    def app_status(self) -> int | None:
+        """The END_REQUEST application status, ``None`` until the body has been read."""
+        return self._exchange.app_status
+
+    @property
+    def is_closed(self) -> bool:
+        """True once the body was read to its end or the response was closed."""
+        return self._consumed
+
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        """Yield the body in the chunks it arrived in.
+
+        Raises:
+            FastCGIError: the exchange failed (the response is then closed).
+            RuntimeError: the body was already consumed.
+        """
+        if self._consumed:
+            raise RuntimeError("the response body was already read or closed")
+        try:
+            if self._first:
+                first, self._first = self._first, b""
+                yield first
+            while True:
+                chunk = await self._exchange.receive(self._budget)
+                if not chunk:
+                    break
+                yield chunk
+        finally:
+            self._consumed = True
+            self._exchange.close()
+
+    async def aread(self) -> bytes:
+        """Read and return the whole remaining body."""
+        return b"".join([chunk async for chunk in self.aiter_bytes()])
+
+    async def aclose(self) -> None:
+        """Close the response; if its body is unread, the request is aborted."""
+        self._consumed = True
+        self._exchange.close()
+
+    async def __aenter__(self) -> StreamingResponse:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
