@@ -69,6 +69,7 @@ from .records import (
 #: Record types only an application sends; receiving one with a request id is a broken peer.
 _WRONG_DIRECTION = frozenset({END_REQUEST, STDOUT, STDERR, GET_VALUES_RESULT, UNKNOWN_TYPE})
 _STREAM_INPUT = frozenset({PARAMS, STDIN, DATA})
+_ALL_ROLES = frozenset(Role)
 
 #: Bytes that every FastCGI peer rejects as a record header (version 0): nginx answers
 #: "upstream sent unsupported FastCGI protocol version" and drops the client connection
@@ -128,12 +129,19 @@ class ServerConnection:
         management_values: Mapping[bytes, bytes] | None = None,
     ) -> None:
         self._limits = limits or Limits()
-        # Role(r) rejects a role number FastCGI 1.0 does not define here, not on the hot path.
-        self._roles = frozenset(Role(r) for r in roles)
+        # One connection is built per request behind nginx's default config, so these checks
+        # are kept to set operations and len() calls.
+        self._roles = frozenset(roles)
+        if not self._roles <= _ALL_ROLES:
+            raise ValueError(f"roles must be FastCGI roles, not {list(self._roles - _ALL_ROLES)}")
         self._multiplex = multiplex
         self._values = dict(management_values or {})
-        if len(encode_pairs(self._values)) > MAX_CONTENT_LENGTH:
-            # Answers are de-duplicated, so this bounds every GET_VALUES_RESULT we can send.
+        values = self._values
+        # 8 bytes bounds the two length fields of a pair. Answers name each value at most
+        # once, so this bounds every GET_VALUES_RESULT we can send.
+        if sum(map(len, values)) + sum(map(len, values.values())) + 8 * len(values) > (
+            MAX_CONTENT_LENGTH
+        ):
             raise ValueError("management_values do not fit in one GET_VALUES_RESULT record")
         self._buffer = RecordBuffer()
         self._requests: dict[int, _Request] = {}

@@ -249,6 +249,14 @@ class TestGetValues:
     def test_values_too_large_for_one_record(self) -> None:
         with pytest.raises(ValueError, match="management_values"):
             ServerConnection(management_values={FCGI_MAX_CONNS: b"1" * 65535})
+        with pytest.raises(ValueError, match="management_values"):
+            ServerConnection(management_values={b"%d" % i: b"1" * 100 for i in range(600)})
+
+    def test_largest_values_still_answered(self) -> None:
+        values = {FCGI_MAX_CONNS: b"9" * 65_000}
+        pair = ConnectionPair(management_values=values)
+        pair.to_server(pair.client.get_values([FCGI_MAX_CONNS, FCGI_MAX_CONNS]))
+        assert pair.replies() == [GetValuesResult(0, values)]
 
     def test_management_answers_between_requests(self) -> None:
         pair = ConnectionPair(management_values=VALUES)
@@ -303,9 +311,20 @@ class TestRefusals:
             RequestRejected(1, ProtocolStatus.UNKNOWN_ROLE)
         ]
 
-    def test_roles_must_be_fastcgi_roles(self) -> None:
-        with pytest.raises(ValueError, match="4"):
-            ServerConnection(roles=[4])  # type: ignore[list-item]
+    @pytest.mark.parametrize("bad", [4, 0, "responder"])
+    def test_roles_must_be_fastcgi_roles(self, bad: object) -> None:
+        with pytest.raises(ValueError, match="FastCGI roles"):
+            ServerConnection(roles=[Role.RESPONDER, bad])  # type: ignore[list-item]
+
+    def test_roles_as_plain_ints(self) -> None:
+        pair = ConnectionPair(roles=[2])
+        assert pair.to_server(pair.client.begin_request(1, role=Role.AUTHORIZER)) == []
+        assert pair.to_server(pair.client.send_params(1, {})) == [
+            RequestReceived(1, Role.AUTHORIZER, True, {})
+        ]
+        assert pair.to_server(pair.client.begin_request(2)) == [
+            RequestRejected(2, ProtocolStatus.UNKNOWN_ROLE)
+        ]
 
     def test_cant_mpx_conn(self) -> None:
         pair = ConnectionPair(multiplex=False)
