@@ -46,6 +46,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("fcgi_async.server")
 
+#: Seconds a connection that must close after END_REQUEST (KEEP_CONN=0) may keep reading and
+#: dropping what the web server still sends (the rest of a body the app did not read) once our
+#: side is shut down. Closing with unread input makes the kernel reset the connection, which
+#: fails the web server's pending writes (nginx: 502) and can destroy the answer in flight.
+LINGER_TIMEOUT_S = 5.0
+
 #: What a request gets when the application fails before sending anything.
 INTERNAL_ERROR_RESPONSE = (
     b"Status: 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\n"
@@ -263,6 +269,8 @@ class FastCGIProtocol(asyncio.Protocol):
         self.idle_since: float | None = None
         #: Loop time since when a record has been half-received (None when none is).
         self.partial_since: float | None = None
+        #: Loop time since when we only drain input before closing (see LINGER_TIMEOUT_S).
+        self.lingering_since: float | None = None
 
     def __repr__(self) -> str:
         return f"<FastCGIProtocol peer={getattr(self, 'peer', '?')} requests={len(self.requests)}>"
@@ -311,6 +319,8 @@ class FastCGIProtocol(asyncio.Protocol):
 
     # ---------------------------------------------------------------------- input
     def data_received(self, data: bytes) -> None:
+        if self.lingering_since is not None:
+            return  # the rest of a request we already answered: dropped
         codec = self.codec
         codec.receive_data(data)
         requests = self.requests
@@ -361,7 +371,10 @@ class FastCGIProtocol(asyncio.Protocol):
             progressed = True
             self.transport.write(out)
             if codec.close_requested and not requests:
-                self._close_when_flushed()
+                # A refusal (or an abort before the params ended) of a KEEP_CONN=0 request:
+                # the rest of that request may still be on its way.
+                self._close_after_end(input_complete=False)
+                return
         if not codec.has_partial_record:
             self.partial_since = None
         elif progressed or self.partial_since is None:
@@ -446,7 +459,11 @@ class FastCGIProtocol(asyncio.Protocol):
         if not self.requests:
             self.idle_since = self.loop.time()
             if self.codec.close_requested:
-                self._close_when_flushed()
+                self._close_after_end(
+                    input_complete=handle._body_eof
+                    and handle._data_eof
+                    and not self.codec.has_partial_record
+                )
 
     # --------------------------------------------------------------- flow control
     def body_consumed(self, size: int) -> None:
@@ -511,12 +528,30 @@ class FastCGIProtocol(asyncio.Protocol):
             self.closed = True
             self.transport.close()  # asyncio flushes the write buffer before closing
 
+    def _close_after_end(self, *, input_complete: bool) -> None:
+        """Close once the last END_REQUEST is flushed, because the web server asked (KEEP_CONN=0).
+
+        When input may still arrive, shut down our side only (the peer sees EOF right after
+        END_REQUEST) and drop what comes until the peer closes, or LINGER_TIMEOUT_S passes.
+        """
+        if self.closed or self.lingering_since is not None:
+            return
+        if input_complete or not self.transport.can_write_eof():
+            self._close_when_flushed()
+            return
+        self.lingering_since = self.loop.time()
+        self.partial_since = None
+        self.transport.write_eof()
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+
     def _close_now(self) -> None:
+        self._close_when_flushed()
         for handle in list(self.requests.values()):
             handle._disconnect()
             handle.done = True
             self.request_finished(handle)
-        self._close_when_flushed()
 
     def close_idle(self) -> bool:
         """Close the connection if no request runs on it. Returns True if it did."""
@@ -534,6 +569,10 @@ class FastCGIProtocol(asyncio.Protocol):
     def check_timeouts(self, now: float) -> None:
         """Close the connection if it idled or left a record half-sent for too long."""
         if self.closed:
+            return
+        if self.lingering_since is not None:
+            if now - self.lingering_since > LINGER_TIMEOUT_S:
+                self._close_when_flushed()
             return
         config = self.state.config
         if (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import Callable, Sequence
 
@@ -105,6 +106,8 @@ class Server:
         self._given_sockets = list(sockets) if sockets is not None else None
         self._sockets: list[socket.socket] = []
         self._owns_sockets = False
+        #: Unix socket files we created, with their inode: removed at shutdown if still ours.
+        self._unix_files: list[tuple[str, int]] = []
         self._servers: list[asyncio.base_events.Server] = []
         self._ticker: asyncio.Task[None] | None = None
         self._state: ServerState | None = None
@@ -134,24 +137,36 @@ class Server:
         sockets: list[socket.socket] = []
         try:
             for value in self.config.bind:
+                addr = parse_bind(value)
                 sockets.append(
                     bind_socket(
-                        parse_bind(value),
+                        addr,
                         backlog=self.config.backlog,
                         socket_mode=self.config.socket_mode,
                     )
                 )
+                if addr.kind == "unix":
+                    self._unix_files.append((addr.path, os.stat(addr.path).st_ino))
         except BaseException:
             close_listeners(sockets)
+            self._unix_files.clear()
             raise
         return sockets
 
     async def start(self) -> None:
-        """Run the app's startup, then listen. Raises what the startup or binding raised."""
+        """Bind, run the app's startup, then listen. Raises what binding or the startup raised.
+
+        Binding comes first: an address in use fails before the app starts (and would
+        otherwise leave it started without a shutdown).
+        """
         loop = asyncio.get_running_loop()
         self._state = state = ServerState(self.config, self.app, loop)
-        await self.app.startup()
         self._sockets = self._open_sockets()
+        try:
+            await self.app.startup()
+        except BaseException:
+            await self._close_servers()
+            raise
         try:
             for sock in self._sockets:
                 if sock.family == socket.AF_UNIX:
@@ -183,7 +198,15 @@ class Server:
             srv.close()
         self._servers.clear()
         if self._owns_sockets:
-            close_listeners(self._sockets)
+            # asyncio's Server.close() already closed the sockets, and a closed socket no
+            # longer knows its path: the unix files are removed from what start() recorded.
+            # Inherited sockets (fd://, fd 0) keep their files; they belong to whoever made them.
+            close_listeners(self._sockets, unlink=False)
+        for path, inode in self._unix_files:
+            with contextlib.suppress(OSError):
+                if os.stat(path).st_ino == inode:
+                    os.unlink(path)
+        self._unix_files.clear()
 
     async def stop_listening(self) -> None:
         """Stop accepting connections; open connections and their requests go on.

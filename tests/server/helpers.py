@@ -26,19 +26,23 @@ Handler = Callable[[Request], Awaitable[None]]
 class App:
     """A raw Application that runs ``handler`` for each request and remembers the requests."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, startup_error: Exception | None = None) -> None:
         self.handler = handler
+        self.startup_error = startup_error
         self.requests: list[Request] = []
+        self.lifecycle: list[str] = []
 
     async def __call__(self, request: Request) -> None:
         self.requests.append(request)
         await self.handler(request)
 
     async def startup(self) -> None:
-        pass
+        self.lifecycle.append("startup")
+        if self.startup_error is not None:
+            raise self.startup_error
 
     async def shutdown(self) -> None:
-        pass
+        self.lifecycle.append("shutdown")
 
 
 class FakeTransport(asyncio.Transport):
@@ -54,16 +58,25 @@ class FakeTransport(asyncio.Transport):
         self.read_paused = False
         self.closed = False
         self.aborted = False
+        self.eof_written = False
         self._lost = False
 
     # -- what the protocol calls
     def write(self, data: bytes | bytearray | memoryview) -> None:
         assert not self._lost, "write after connection_lost"
+        assert not self.eof_written, "write after write_eof"
         self.writes.append(bytes(data))
 
     def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
         assert not self._lost, "write after connection_lost"
+        assert not self.eof_written, "write after write_eof"
         self.writes.append(b"".join(bytes(d) for d in list_of_data))
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof_written = True
 
     def pause_reading(self) -> None:
         assert not self.read_paused, "paused twice"

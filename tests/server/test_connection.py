@@ -373,6 +373,37 @@ async def test_keep_conn_0_closes_after_end_request() -> None:
     assert ended(h.events()) is not None
 
 
+async def test_keep_conn_0_with_input_still_coming_lingers_then_closes() -> None:
+    async def app(req: Request) -> None:
+        await req.end(OK_HEAD + b"early")  # the body is still on its way
+
+    h = Harness(app)
+    h.feed(h.request_bytes(body=None, keep_conn=False))
+    h.feed(h.client.send_stdin(1, b"part"))
+    await wait_until(lambda: h.transport.eof_written)
+    assert ended(h.events()) is not None
+    assert not h.transport.closed, "closing with unread input would reset the connection"
+    assert h.proto.buffered == 0
+    h.feed(raw_record(RecordType.STDIN, 1, b"rest" * 1000), raw_record(RecordType.STDIN, 1))
+    assert h.proto.buffered == 0, "dropped, not buffered"
+    assert h.proto.eof_received() is False  # the web server closed: asyncio closes too
+    start = h.proto.lingering_since
+    assert start is not None
+    h.proto.check_timeouts(start + 1)
+    assert not h.transport.closed
+    h.proto.check_timeouts(start + 60)
+    assert h.transport.closed
+
+
+async def test_refused_keep_conn_0_request_lingers_for_its_remaining_records() -> None:
+    h = Harness(_never, Config(roles=("responder",)))
+    h.feed(h.request_bytes(role=Role.FILTER, body=None, keep_conn=False))
+    assert ended(h.events()) == RequestEnded(1, 0, ProtocolStatus.UNKNOWN_ROLE)
+    assert h.transport.eof_written
+    assert not h.transport.closed
+    h.feed(raw_record(RecordType.STDIN, 1, b"x"))  # ignored
+
+
 async def test_keep_conn_1_keeps_the_connection_for_the_next_request() -> None:
     async def app(req: Request) -> None:
         await req.end(OK_HEAD + req.params[b"N"])

@@ -1,0 +1,686 @@
+"""A real Server in the test's event loop, driven over real sockets with ClientConnection.
+
+Each test plays the web server by hand (asyncio streams + the sans-IO client codec), so it can
+send what nginx never would: interleaved multiplexed records, ABORT_REQUEST, management
+records, broken bytes, half records, a client that vanishes or reads slowly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from fcgi_async.protocol import (
+    FCGI_MAX_CONNS,
+    FCGI_MAX_REQS,
+    FCGI_MPXS_CONNS,
+    ClientConnection,
+    ClientEvent,
+    GetValuesResult,
+    ProtocolStatus,
+    RecordType,
+    RequestEnded,
+    Role,
+    StderrReceived,
+    StdoutReceived,
+    UnknownTypeReceived,
+)
+from fcgi_async.server import BindError, Server, parse_bind
+from fcgi_async.server.listeners import bind_socket
+from fcgi_async.types import ClientDisconnected, Request
+from tests.protocol.helpers import raw_record
+from tests.server.helpers import App, wait_until
+
+from .conftest import Servers
+
+OK = b"Status: 200 OK\r\nContent-Type: text/plain\r\n\r\n"
+
+# ------------------------------------------------------------------------------ the peer
+
+
+@dataclass
+class Answer:
+    stdout: bytes
+    stderr: bytes
+    end: RequestEnded
+
+    @property
+    def body(self) -> bytes:
+        return self.stdout.partition(b"\r\n\r\n")[2]
+
+
+def _join(frames: Iterable[bytes | memoryview | Iterable[bytes | memoryview]]) -> bytes:
+    out = bytearray()
+    for frame in frames:
+        if isinstance(frame, bytes | memoryview):
+            out += frame
+        else:
+            for part in frame:
+                out += part
+    return bytes(out)
+
+
+class Peer:
+    """One connection of a hand-played web server."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.codec = ClientConnection()
+        self.events: list[ClientEvent] = []
+
+    @classmethod
+    async def connect(cls, address: str) -> Peer:
+        if address.startswith("unix:"):
+            reader, writer = await asyncio.open_unix_connection(address[5:])
+        else:
+            host, _, port = address.rpartition(":")
+            reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+        return cls(reader, writer)
+
+    def send(self, *frames: bytes | memoryview | Iterable[bytes | memoryview]) -> None:
+        self.writer.write(_join(frames))
+
+    def frame(
+        self,
+        rid: int,
+        params: Mapping[bytes, bytes] | None = None,
+        body: bytes | None = b"",
+        *,
+        role: Role = Role.RESPONDER,
+        keep_conn: bool = True,
+    ) -> bytes:
+        """BEGIN_REQUEST, PARAMS and (unless ``body`` is None) the whole STDIN stream."""
+        c = self.codec
+        parts: list[bytes | Iterable[bytes | memoryview]] = [
+            c.begin_request(rid, role=role, keep_conn=keep_conn),
+            c.send_params(rid, params or {b"REQUEST_METHOD": b"GET"}),
+        ]
+        if body is not None:
+            parts += [c.send_stdin(rid, body), c.end_stdin(rid)]
+        return _join(parts)
+
+    async def read_more(self) -> bool:
+        """Read once; parse what came. False at EOF."""
+        data = await self.reader.read(262144)
+        if not data:
+            return False
+        self.codec.receive_data(data)
+        while not isinstance(event := self.codec.next_event(), type(_NEED)):
+            self.events.append(event)  # type: ignore[arg-type]
+        return True
+
+    async def until(self, done: Callable[[list[ClientEvent]], bool], within_s: float = 5.0) -> None:
+        async with asyncio.timeout(within_s):
+            while not done(self.events):
+                if not await self.read_more():
+                    raise AssertionError(f"EOF before the answer; events so far {self.events}")
+
+    def take(self, rid: int) -> Answer:
+        mine = [e for e in self.events if e.request_id == rid]
+        self.events = [e for e in self.events if e.request_id != rid]
+        ends = [e for e in mine if isinstance(e, RequestEnded)]
+        assert len(ends) == 1, mine
+        return Answer(
+            b"".join(e.data for e in mine if isinstance(e, StdoutReceived)),
+            b"".join(e.data for e in mine if isinstance(e, StderrReceived)),
+            ends[0],
+        )
+
+    async def answer(self, rid: int, within_s: float = 5.0) -> Answer:
+        await self.until(lambda ev: any(_ended(e, rid) for e in ev), within_s)
+        return self.take(rid)
+
+    async def request(
+        self,
+        params: Mapping[bytes, bytes] | None = None,
+        body: bytes = b"",
+        *,
+        keep_conn: bool = True,
+        role: Role = Role.RESPONDER,
+    ) -> Answer:
+        rid = self.codec.free_request_id()
+        self.send(self.frame(rid, params, body, role=role, keep_conn=keep_conn))
+        return await self.answer(rid)
+
+    async def eof(self, within_s: float = 5.0) -> bytes:
+        """Read until the server closes; return the raw bytes that came before."""
+        rest = bytearray()
+        async with asyncio.timeout(within_s):
+            try:
+                while data := await self.reader.read(65536):
+                    rest += data
+            except ConnectionResetError:
+                pass
+        return bytes(rest)
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
+
+_NEED = ClientConnection().next_event()  # the NEED_DATA sentinel
+
+
+def _ended(event: ClientEvent, rid: int) -> bool:
+    return isinstance(event, RequestEnded) and event.request_id == rid
+
+
+# ------------------------------------------------------------------------------ the apps
+
+
+async def echo(req: Request) -> None:
+    """Answer ``TAG:body`` once the whole body is in."""
+    body = bytearray()
+    while chunk := await req.receive():
+        body += chunk
+    await req.end(OK + req.params.get(b"TAG", b"") + b":" + bytes(body))
+
+
+@pytest.fixture
+async def peers() -> AsyncIterator[list[Peer]]:
+    """Peers opened by a test (append them); closed at teardown."""
+    opened: list[Peer] = []
+    yield opened
+    for peer in opened:
+        await peer.close()
+
+
+async def connect(server: Server, peers: list[Peer], index: int = 0) -> Peer:
+    peer = await Peer.connect(server.bound_addresses[index])
+    peers.append(peer)
+    return peer
+
+
+# ------------------------------------------------------------------------- the protocol
+
+
+async def test_interleaved_multiplexed_requests_get_their_own_answers(
+    servers: Servers, peers: list[Peer]
+) -> None:
+    server = await servers.start(App(echo))
+    peer = await connect(server, peers)
+    c = peer.codec
+    one, two = c.begin_request(1), c.begin_request(2)
+    params1 = _join(c.send_params(1, {b"TAG": b"one", b"X" * 200: b"y" * 300}))
+    params2 = _join(c.send_params(2, {b"TAG": b"two"}))
+    # Record by record, alternating between the requests, in several writes.
+    peer.send(one, two, params2[:8])
+    await asyncio.sleep(0)
+    peer.send(params2[8:], params1[: len(params1) // 2])
+    peer.send(params1[len(params1) // 2 :], c.send_stdin(2, b"22"), c.send_stdin(1, b"1"))
+    peer.send(c.send_stdin(1, b"11"), c.send_stdin(2, b"2" * 70000), c.end_stdin(2))
+    # Request 2 is complete and answered while request 1 still waits for its body.
+    second = await peer.answer(2)
+    assert second.body == b"two:22" + b"2" * 70000
+    assert not any(e.request_id == 1 for e in peer.events)
+    peer.send(c.end_stdin(1))
+    first = await peer.answer(1)
+    assert first.body == b"one:111"
+    assert first.end == RequestEnded(1, 0, ProtocolStatus.REQUEST_COMPLETE)
+
+
+async def test_get_values_over_a_socket(servers: Servers, peers: list[Peer]) -> None:
+    server = await servers.start(App(echo), max_connections=3, max_requests_per_connection=4)
+    peer = await connect(server, peers)
+    peer.send(ClientConnection.get_values([FCGI_MAX_CONNS, FCGI_MAX_REQS, FCGI_MPXS_CONNS]))
+    await peer.until(lambda ev: bool(ev))
+    assert peer.events == [
+        GetValuesResult(0, {FCGI_MAX_CONNS: b"3", FCGI_MAX_REQS: b"12", FCGI_MPXS_CONNS: b"1"})
+    ]
+
+
+async def test_unknown_management_type_gets_unknown_type(
+    servers: Servers, peers: list[Peer]
+) -> None:
+    server = await servers.start(App(echo))
+    peer = await connect(server, peers)
+    peer.send(raw_record(99, 0, b"whatever"))
+    await peer.until(lambda ev: bool(ev))
+    assert peer.events == [UnknownTypeReceived(0, 99)]
+    assert (await peer.request({b"TAG": b"after"})).body == b"after:"
+
+
+async def test_unserved_role_gets_unknown_role(servers: Servers, peers: list[Peer]) -> None:
+    server = await servers.start(App(echo), roles=("responder",))
+    peer = await connect(server, peers)
+    refused = await peer.request(role=Role.AUTHORIZER)
+    assert refused.end.protocol_status == ProtocolStatus.UNKNOWN_ROLE
+    assert refused.stdout == b""
+    assert (await peer.request({b"TAG": b"ok"})).body == b"ok:"
+
+
+async def test_no_multiplex_answers_cant_mpx_conn(servers: Servers, peers: list[Peer]) -> None:
+    gate = asyncio.Event()
+
+    async def app(req: Request) -> None:
+        await gate.wait()
+        await echo(req)
+
+    server = await servers.start(App(app), multiplex=False)
+    peer = await connect(server, peers)
+    peer.send(peer.frame(1, {b"TAG": b"first"}))
+    peer.send(peer.frame(2, {b"TAG": b"second"}))
+    refused = await peer.answer(2)
+    assert refused.end.protocol_status == ProtocolStatus.CANT_MPX_CONN
+    gate.set()
+    assert (await peer.answer(1)).body == b"first:"
+
+
+async def test_abort_request_ends_it_and_the_app_sees_the_disconnect(
+    servers: Servers, peers: list[Peer]
+) -> None:
+    seen: list[str] = []
+
+    async def app(req: Request) -> None:
+        if req.params.get(b"TAG"):
+            return await echo(req)
+        await req.send_stdout(OK + b"started")
+        await req.wait_disconnected()
+        seen.append("disconnected")
+        with pytest.raises(ClientDisconnected):
+            await req.send_stdout(b"more")
+        seen.append("refused")
+
+    server = await servers.start(App(app))
+    peer = await connect(server, peers)
+    peer.send(peer.frame(1))
+    await peer.until(lambda ev: any(isinstance(e, StdoutReceived) for e in ev))
+    peer.send(peer.codec.abort_request(1))
+    answer = await peer.answer(1)
+    assert answer.end == RequestEnded(1, 0, ProtocolStatus.REQUEST_COMPLETE)
+    await wait_until(lambda: seen == ["disconnected", "refused"])
+    assert (await peer.request({b"TAG": b"next"})).body == b"next:"
+
+
+async def test_keep_conn_0_closes_and_1_keeps_the_connection(
+    servers: Servers, peers: list[Peer]
+) -> None:
+    server = await servers.start(App(echo))
+    peer = await connect(server, peers)
+    for n in range(3):
+        assert (await peer.request({b"TAG": b"%d" % n})).body == b"%d:" % n
+    last = await peer.request({b"TAG": b"last"}, keep_conn=False)
+    assert last.body == b"last:"
+    assert await peer.eof() == b""
+
+
+async def test_keep_conn_0_answer_survives_a_body_still_being_sent(
+    servers: Servers, peers: list[Peer]
+) -> None:
+    """An early answer must not be destroyed by a reset while the web server still writes.
+
+    Closing a socket with unread input makes the kernel send RST, which can discard the
+    answer at the peer and fails its pending writes (nginx: 502 "writev() failed").
+    """
+
+    async def app(req: Request) -> None:
+        await req.end(OK + b"early")  # answers without reading the body
+
+    server = await servers.start(App(app))
+    peer = await connect(server, peers)
+    peer.send(peer.frame(1, body=None, keep_conn=False))
+    await peer.until(lambda ev: any(_ended(e, 1) for e in ev))
+    assert peer.take(1).body == b"early"
+    # The web server goes on writing the body it was sending.
+    for _ in range(20):
+        peer.send(raw_record(RecordType.STDIN, 1, b"b" * 65528))
+        await peer.writer.drain()
+    peer.send(raw_record(RecordType.STDIN, 1))
+    await peer.writer.drain()
+    assert await peer.eof() == b""  # our side was shut down after END_REQUEST
+    await peer.close()  # the web server closes its side: the connection is gone
+    await wait_until(lambda: not server.state.connections)
+
+
+# ---------------------------------------------------------------------- broken peers
+
+
+def _bad_version(peer: Peer) -> bytes:
+    return raw_record(RecordType.BEGIN_REQUEST, 1, b"\x00\x01\x01\x00\x00\x00\x00\x00", version=2)
+
+
+def _oversized_params(peer: Peer) -> bytes:
+    return peer.frame(1, {b"BIG": b"v" * 2000}, body=None)
+
+
+def _truncated_pairs(peer: Peer) -> bytes:
+    c = peer.codec
+    return (
+        c.begin_request(1)
+        + raw_record(RecordType.PARAMS, 1, b"\x05\x05ab")
+        + raw_record(RecordType.PARAMS, 1)
+    )
+
+
+def _half_record(peer: Peer) -> bytes:
+    return peer.codec.begin_request(1)[:5]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [_bad_version, _oversized_params, _truncated_pairs, _half_record],
+    ids=["bad-version", "oversized-params", "truncated-pairs", "half-record"],
+)
+async def test_a_broken_peer_loses_only_its_own_connection(
+    servers: Servers, peers: list[Peer], bad: Callable[[Peer], bytes]
+) -> None:
+    server = await servers.start(
+        App(echo), max_params_bytes=1024, record_timeout_s=1.5, keepalive_timeout_s=60
+    )
+    good = await connect(server, peers)
+    assert (await good.request({b"TAG": b"before"})).body == b"before:"
+    broken = await connect(server, peers)
+    broken.send(bad(broken))
+    closed = asyncio.ensure_future(broken.eof(within_s=5))
+    answered = 0
+    async with asyncio.timeout(10):
+        while not closed.done():
+            answer = await good.request({b"TAG": b"%d" % answered}, b"body")
+            assert answer.body == b"%d:body" % answered
+            answered += 1
+            await asyncio.wait([closed], timeout=0.05)
+    assert await closed == b""  # closed without an answer
+    assert answered >= 1
+    assert (await good.request({b"TAG": b"after"})).body == b"after:"
+    await wait_until(lambda: len(server.state.connections) == 1)
+
+
+async def test_a_protocol_error_never_leaves_the_app_running_after_shutdown(
+    servers: Servers, peers: list[Peer]
+) -> None:
+    outcome: list[str] = []
+
+    async def app(req: Request) -> None:
+        try:
+            await asyncio.sleep(3600)  # ignores the disconnect
+        except asyncio.CancelledError:
+            outcome.append("cancelled")
+            raise
+
+    server = await servers.start(App(app))
+    peer = await connect(server, peers)
+    peer.send(peer.frame(1))
+    await wait_until(lambda: server.state.active_requests == 1)
+    peer.send(b"\x09" * 8)  # not version 1: the connection is dropped
+    assert await peer.eof() == b""
+    assert server.state.active_requests == 1, "the app task still runs"
+    await servers.stop(server, graceful_timeout_s=0.2)
+    assert outcome == ["cancelled"]
+
+
+# ----------------------------------------------------------------- vanishing and slow
+
+
+async def _streams_forever(req: Request) -> None:
+    await req.send_stdout(OK)
+    while True:
+        await req.send_stdout(b"x" * 65536)
+
+
+async def _reads_forever(req: Request) -> None:
+    while await req.receive():
+        pass
+    await req.end(OK)
+
+
+async def _waits_for_disconnect(req: Request) -> None:
+    await req.send_stdout(OK)
+    await req.wait_disconnected()
+
+
+@pytest.mark.parametrize(
+    "handler",
+    [_streams_forever, _reads_forever, _waits_for_disconnect],
+    ids=["streaming", "reading", "waiting"],
+)
+async def test_a_vanishing_client_leaves_no_task_behind(
+    servers: Servers, handler: Callable[[Request], object]
+) -> None:
+    server = await servers.start(App(handler))  # type: ignore[arg-type]
+    baseline = asyncio.all_tasks()
+    peer = await Peer.connect(server.bound_addresses[0])
+    peer.send(peer.frame(1, body=None))
+    if handler is _reads_forever:
+        peer.send(peer.codec.send_stdin(1, b"partial body"))
+        await wait_until(lambda: server.state.active_requests == 1)
+    else:
+        await peer.until(lambda ev: bool(ev))
+    peer.writer.transport.abort()  # gone, without a goodbye
+    await wait_until(
+        lambda: (
+            server.state.active_requests == 0
+            and not server.state.connections
+            and asyncio.all_tasks() <= baseline
+        )
+    )
+
+
+async def test_100_mb_to_a_slow_reader_keeps_the_write_buffer_bounded(
+    servers: Servers, peers: list[Peer]
+) -> None:
+    total = 100 * 1024 * 1024
+    block = b"z" * 65536
+
+    async def app(req: Request) -> None:
+        await req.send_stdout(OK)
+        for _ in range(total // len(block)):
+            await req.send_stdout(block)
+        await req.end()
+
+    server = await servers.start(App(app))
+    peer = await connect(server, peers)
+    peer.send(peer.frame(1))
+    await wait_until(lambda: any(p.requests for p in server.state.connections))
+    [proto] = server.state.connections
+    # The reader lags completely: the server must stop at its high-water mark.
+    await wait_until(lambda: proto.write_paused)
+    largest = proto.transport.get_write_buffer_size()
+    for _ in range(50):
+        await asyncio.sleep(0)
+        largest = max(largest, proto.transport.get_write_buffer_size())
+    assert proto.write_paused
+    # Then it reads, slowly: small reads with a yield between them.
+    received = 0
+    ended = False
+    async with asyncio.timeout(60):
+        while not ended:
+            data = await peer.reader.read(32768)
+            assert data, "EOF before END_REQUEST"
+            peer.codec.receive_data(data)
+            while not isinstance(event := peer.codec.next_event(), type(_NEED)):
+                if isinstance(event, StdoutReceived):
+                    received += len(event.data)
+                elif isinstance(event, RequestEnded):
+                    ended = True
+            largest = max(largest, proto.transport.get_write_buffer_size())
+            await asyncio.sleep(0)
+    assert received == total + len(OK)
+    assert largest < 1024 * 1024, f"{largest} bytes buffered for a slow reader"
+
+
+# -------------------------------------------------------------------------- shutdown
+
+
+async def test_graceful_shutdown_lets_a_running_request_finish(
+    servers: Servers, peers: list[Peer]
+) -> None:
+    gate = asyncio.Event()
+    started = asyncio.Event()
+
+    async def app(req: Request) -> None:
+        started.set()
+        await gate.wait()
+        await req.end(OK + b"finished")
+
+    server = await servers.start(App(app))
+    address = server.bound_addresses[0]
+    busy = await connect(server, peers)
+    idle = await connect(server, peers)
+    busy.send(busy.frame(1))
+    async with asyncio.timeout(5):
+        await started.wait()
+    await wait_until(lambda: len(server.state.connections) == 2)
+    stopping = asyncio.ensure_future(servers.stop(server, graceful_timeout_s=10))
+    await wait_until(lambda: not server.state.accepting)
+    assert await idle.eof() == b""  # idle connections close at once
+    with pytest.raises(ConnectionRefusedError):
+        await Peer.connect(address)  # nobody listens any more
+    refused = await busy.request()  # new requests on a busy connection: OVERLOADED
+    assert refused.end.protocol_status == ProtocolStatus.OVERLOADED
+    assert not stopping.done()
+    gate.set()
+    assert (await busy.answer(1)).body == b"finished"
+    async with asyncio.timeout(5):
+        await stopping
+    assert await busy.eof() == b""
+
+
+# ------------------------------------------------------------------------- listeners
+
+
+async def test_unix_socket_serves_and_is_removed_at_shutdown(
+    servers: Servers, peers: list[Peer], short_tmp: Path
+) -> None:
+    path = short_tmp / "app.sock"
+    server = await servers.start(App(echo), bind=(f"unix:{path}",), socket_mode=0o660)
+    assert server.bound_addresses == [f"unix:{path}"]
+    assert path.stat().st_mode & 0o777 == 0o660
+    peer = await connect(server, peers)
+    assert (await peer.request({b"TAG": b"unix"}, b"b")).body == b"unix:b"
+    await servers.stop(server)
+    assert not path.exists()
+    assert server.app.lifecycle == ["startup", "shutdown"]  # type: ignore[attr-defined]
+
+
+async def test_unix_socket_replaces_a_stale_socket_file(
+    servers: Servers, peers: list[Peer], short_tmp: Path
+) -> None:
+    path = short_tmp / "stale.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
+        dead.bind(str(path))  # a crashed server leaves its file behind
+    assert path.exists()
+    server = await servers.start(App(echo), bind=(f"unix:{path}",))
+    peer = await connect(server, peers)
+    assert (await peer.request({b"TAG": b"fresh"})).body == b"fresh:"
+
+
+async def test_unix_socket_refuses_to_replace_a_live_socket(
+    servers: Servers, short_tmp: Path
+) -> None:
+    path = short_tmp / "live.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as live:
+        live.bind(str(path))
+        live.listen()
+        with pytest.raises(BindError, match="another server is listening on it"):
+            await servers.start(App(echo), bind=(f"unix:{path}",))
+        assert path.exists()
+
+
+async def test_unix_socket_refuses_to_replace_a_regular_file(
+    servers: Servers, short_tmp: Path
+) -> None:
+    path = short_tmp / "data.txt"
+    path.write_text("precious")
+    with pytest.raises(BindError, match="exists and is not a socket"):
+        await servers.start(App(echo), bind=(f"unix:{path}",))
+    assert path.read_text() == "precious"
+
+
+async def test_tcp_address_in_use_fails_before_the_app_starts(servers: Servers) -> None:
+    app = App(echo)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(BindError, match=f"cannot bind 127.0.0.1:{port}: address already in"):
+            await servers.start(app, bind=("127.0.0.1:0", f"127.0.0.1:{port}"))
+    assert app.lifecycle == []
+
+
+async def test_a_failed_startup_releases_the_listeners(servers: Servers, short_tmp: Path) -> None:
+    path = short_tmp / "app.sock"
+    app = App(echo, startup_error=RuntimeError("no database"))
+    with pytest.raises(RuntimeError, match="no database"):
+        await servers.start(app, bind=(f"unix:{path}",))
+    assert not path.exists()
+    server = await servers.start(App(echo), bind=(f"unix:{path}",))  # free to bind again
+    await servers.stop(server)
+    assert not path.exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("localhost", "use HOST:PORT, [V6]:PORT, unix:PATH or fd://N"),
+        ("::1:9000", "use HOST:PORT, [V6]:PORT, unix:PATH or fd://N"),
+        ("[::1]9000", "IPv6 addresses look like [::1]:9000"),
+        ("127.0.0.1:http", "port 'http' is not a number"),
+        ("127.0.0.1:70000", "port 70000 is out of range"),
+        ("unix:", "unix: needs a path"),
+        ("fd://three", "fd:// needs a number"),
+        ("fd://-1", "file descriptors are not negative"),
+    ],
+)
+async def test_bad_bind_strings_say_what_is_wrong(
+    servers: Servers, value: str, message: str
+) -> None:
+    with pytest.raises(BindError) as info:
+        parse_bind(value)
+    assert message in str(info.value)
+    assert repr(value) in str(info.value)
+    with pytest.raises(BindError, match="bad bind"):
+        await servers.start(App(echo), bind=(value,))
+
+
+async def test_fd_bind_serves_an_inherited_socket(servers: Servers, peers: list[Peer]) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        fd = os.dup(listener.fileno())  # the server owns (and closes) its copy
+        port = listener.getsockname()[1]
+    server = await servers.start(App(echo), bind=(f"fd://{fd}",))
+    assert server.bound_addresses == [f"127.0.0.1:{port}"]
+    peer = await connect(server, peers)
+    assert (await peer.request({b"TAG": b"fd"})).body == b"fd:"
+
+
+async def test_fd_bind_rejects_what_is_not_a_socket(servers: Servers) -> None:
+    read_end, write_end = os.pipe()
+    try:
+        with pytest.raises(BindError, match=f"fd://{read_end} is not a socket"):
+            await servers.start(App(echo), bind=(f"fd://{read_end}",))
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    with pytest.raises(BindError, match=f"cannot use fd://{read_end}"):
+        bind_socket(parse_bind(f"fd://{read_end}"), backlog=5)
+
+
+async def test_ipv6_loopback(servers: Servers, peers: list[Peer]) -> None:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    server = await servers.start(App(echo), bind=("[::1]:0",))
+    assert server.bound_addresses[0].startswith("[::1]:")
+    peer = await connect(server, peers)
+    assert (await peer.request({b"TAG": b"v6"})).body == b"v6:"
+
+
+async def test_max_connections_refuses_extra_connections(
+    servers: Servers, peers: list[Peer]
+) -> None:
+    server = await servers.start(App(echo), max_connections=1)
+    first = await connect(server, peers)
+    assert (await first.request({b"TAG": b"1"})).body == b"1:"
+    second = await connect(server, peers)
+    assert await second.eof() == b""
+    assert (await first.request({b"TAG": b"still"})).body == b"still:"
