@@ -295,6 +295,8 @@ class FastCGIClient:
         role: Role,
         timeouts: Timeouts,
     ) -> StreamingResponse:
+        if self._closed:
+            raise PoolClosed("the client is closed")
         budget = Budget(timeouts)
         pairs = encode_params(params)
         payload: bytes | AsyncIterator[bytes]

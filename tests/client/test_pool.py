@@ -1,0 +1,424 @@
+"""The async client and its pool against our own server (and a few faulty fakes)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from fcgi_async.client import (
+    CantMultiplex,
+    ConnectError,
+    ConnectionLost,
+    FastCGIClient,
+    Overloaded,
+    PoolClosed,
+    ProtocolError,
+    Timeout,
+    Timeouts,
+    UnknownRole,
+    build_params,
+    get_values,
+)
+from fcgi_async.protocol import RecordType, Role
+from fcgi_async.types import Request
+
+from .conftest import read_body, recording_proxy, serve
+from .fakes import fake_server
+
+OK = b"Status: 200 OK\r\nContent-Type: text/plain\r\n\r\n"
+
+
+async def hello(request: Request) -> None:
+    body = await read_body(request)
+    uri = request.params.get(b"REQUEST_URI", b"")
+    await request.end(OK + uri + b" " + str(len(body)).encode())
+
+
+async def test_request_and_get_values() -> None:
+    async with serve(hello) as (_, address, _app), FastCGIClient(address) as client:
+        response = await client.request(build_params("POST", "/a?b"), b"xyz")
+        assert (response.status_code, response.reason, response.body) == (200, "OK", b"/a?b 3")
+        assert response.get_header("content-type") == "text/plain"
+        assert client.multiplexing is True
+        values = await client.get_values()
+        assert values["FCGI_MPXS_CONNS"] == "1"
+        assert int(values["FCGI_MAX_CONNS"]) >= 1
+        assert await get_values(address, ["FCGI_MPXS_CONNS", "NOPE"]) == {"FCGI_MPXS_CONNS": "1"}
+
+
+async def test_multiplexed_requests_interleave_on_one_connection() -> None:
+    n = 5
+    started = 0
+    all_started = asyncio.Event()
+
+    async def app(request: Request) -> None:
+        nonlocal started
+        await read_body(request)
+        await request.send_stdout(OK + b"part1-")
+        started += 1
+        if started == n:
+            all_started.set()
+        await all_started.wait()
+        await request.end(b"part2-" + request.params[b"REQUEST_URI"])
+
+    async with serve(app) as (server, address, _), recording_proxy(address) as proxy:
+        async with FastCGIClient(proxy.address) as client:
+            responses = await asyncio.gather(
+                *(client.request(build_params("POST", f"/{i}"), b"body") for i in range(n))
+            )
+            assert [r.body for r in responses] == [b"part1-part2-/%d" % i for i in range(n)]
+            assert len(client.connections) == 1
+            assert client.connections[0].served == n
+        # Connection 0 asked GET_VALUES; connection 1 carried every request.
+        assert len(proxy.upstream) == 2
+        assert [r.type for r in proxy.records_up(0)] == [RecordType.GET_VALUES]
+        up = proxy.records_up(1)
+        begins = [r.request_id for r in up if r.type == RecordType.BEGIN_REQUEST]
+        assert sorted(begins) == list(range(1, n + 1))
+        down = [r.request_id for r in proxy.records_down(1) if r.type == RecordType.STDOUT]
+        # Every request sent part1 before any sent part2: the ids interleave on the wire.
+        first_ids = down[:n]
+        assert sorted(first_ids) == list(range(1, n + 1))
+        assert sorted(set(down[n:])) == list(range(1, n + 1))
+        assert server.state.total_requests == n
+
+
+async def test_keep_alive_reuses_one_connection() -> None:
+    async with serve(hello) as (server, address, _), recording_proxy(address) as proxy:
+        async with FastCGIClient(proxy.address, multiplex=False) as client:
+            for i in range(5):
+                response = await client.request(build_params("GET", f"/{i}"))
+                assert response.body == b"/%d 0" % i
+            (conn,) = client.connections
+            assert conn.served == 5
+        assert len(proxy.upstream) == 1
+        assert server.state.total_requests == 5
+
+
+async def test_connection_limit_without_multiplexing() -> None:
+    peak = 0
+    running = 0
+
+    async def app(request: Request) -> None:
+        nonlocal peak, running
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.01)
+        running -= 1
+        await request.end(OK + b"ok")
+
+    async with (
+        serve(app, multiplex=False) as (server, address, _),
+        FastCGIClient(address, max_connections=2) as client,
+    ):
+        responses = await asyncio.gather(*(client.request({}) for _ in range(8)))
+        assert all(r.body == b"ok" for r in responses)
+        assert client.multiplexing is False
+        assert peak == 2
+        assert len(client.connections) == 2
+
+
+async def test_streaming_both_ways() -> None:
+    async def echo(request: Request) -> None:
+        await request.send_stdout(OK)
+        while chunk := await request.receive():
+            await request.send_stdout(chunk.upper())
+        await request.end(b"|end")
+
+    async with serve(echo) as (_, address, _app), FastCGIClient(address) as client:
+        echoed = asyncio.Queue[bytes]()
+
+        async def body() -> AsyncIterator[bytes]:
+            for i in range(5):
+                yield b"chunk%d;" % i
+                # The next chunk leaves only once the echo of this one came back.
+                assert await echoed.get() == b"CHUNK%d;" % i
+
+        async with client.stream(build_params("POST", "/"), body()) as response:
+            assert response.status_code == 200
+            rest = b""
+            async for chunk in response.aiter_bytes():
+                if chunk.startswith(b"CHUNK"):
+                    await echoed.put(chunk)
+                else:
+                    rest += chunk
+            assert rest == b"|end"
+            assert response.app_status == 0
+
+
+async def test_large_bodies_both_ways() -> None:
+    payload = bytes(range(256)) * 8192  # 2 MiB
+
+    async def echo(request: Request) -> None:
+        body = await read_body(request)
+        await request.send_stdout(OK)
+        for start in range(0, len(body), 300_000):
+            await request.send_stdout(body[start : start + 300_000])
+        await request.end()
+
+    async with serve(echo) as (_, address, _app), FastCGIClient(address) as client:
+        results = await asyncio.gather(*(client.request({}, payload) for _ in range(3)))
+        assert all(r.body == payload for r in results)
+
+
+async def test_response_parsing_stderr_cookies_location() -> None:
+    async def app(request: Request) -> None:
+        await request.send_stderr(b"warning: something\n")
+        await request.end(
+            b"Location: /next\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\n", app_status=3
+        )
+
+    async with serve(app) as (_, address, _app), FastCGIClient(address) as client:
+        response = await client.request({})
+        assert response.status_code == 302
+        assert response.reason == "Found"
+        assert response.get_headers("set-cookie") == ["a=1", "b=2"]
+        assert response.stderr == b"warning: something\n"
+        assert response.app_status == 3
+
+
+async def test_malformed_responses_are_protocol_errors() -> None:
+    bodies = iter([b"not a header line\r\n\r\n", b"", b"Status: abc\r\n\r\n", OK + b"fine"])
+
+    async def app(request: Request) -> None:
+        await request.send_stderr(b"boom")
+        await request.end(next(bodies))
+
+    async with serve(app) as (_, address, _app), FastCGIClient(address) as client:
+        with pytest.raises(ProtocolError, match="malformed CGI header"):
+            await client.request({})
+        with pytest.raises(ProtocolError, match="stderr: boom"):
+            await client.request({})
+        with pytest.raises(ProtocolError, match="Status"):
+            await client.request({})
+        assert (await client.request({})).body == b"fine"
+
+
+async def test_cancel_sends_abort_when_multiplexing() -> None:
+    gone = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def app(request: Request) -> None:
+        if request.params.get(b"REQUEST_URI") == b"/slow":
+            await request.send_stdout(OK + b"partial")
+            entered.set()
+            await request.wait_disconnected()
+            gone.set()
+            return
+        await request.end(OK + b"fast")
+
+    async with serve(app) as (_, address, _app), recording_proxy(address) as proxy:
+        async with FastCGIClient(proxy.address) as client:
+            task = asyncio.create_task(client.request(build_params("GET", "/slow")))
+            await entered.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            async with asyncio.timeout(5):
+                await gone.wait()
+            # The same connection still serves requests.
+            assert (await client.request(build_params("GET", "/x"))).body == b"fast"
+            (conn,) = client.connections
+            assert conn.served == 2
+        types = [r.type for r in proxy.records_up(1)]
+        assert RecordType.ABORT_REQUEST in types
+
+
+async def test_closing_a_stream_early_closes_a_plain_connection() -> None:
+    gone = asyncio.Event()
+
+    async def app(request: Request) -> None:
+        await request.send_stdout(OK + b"x" * 1000)
+        await request.wait_disconnected()
+        gone.set()
+
+    async with serve(app) as (_, address, _app), FastCGIClient(address, multiplex=False) as client:
+        async with client.stream({}) as response:
+            assert response.status_code == 200
+        async with asyncio.timeout(5):
+            await gone.wait()
+        assert client.connections == [] or all(c.is_closed() for c in client.connections)
+
+
+async def test_timeouts() -> None:
+    seen_disconnect = asyncio.Event()
+
+    async def app(request: Request) -> None:
+        await request.wait_disconnected()
+        seen_disconnect.set()
+
+    async with serve(app) as (_, address, _app), FastCGIClient(address) as client:
+        with pytest.raises(Timeout) as info:
+            await client.request({}, timeout=0.2)
+        assert info.value.phase == "total"
+        async with asyncio.timeout(5):
+            await seen_disconnect.wait()
+        seen_disconnect.clear()
+        with pytest.raises(Timeout) as info:
+            await client.request({}, timeouts=Timeouts(read=0.1))
+        assert info.value.phase == "read"
+        async with asyncio.timeout(5):
+            await seen_disconnect.wait()
+
+
+async def test_pool_timeout() -> None:
+    release = asyncio.Event()
+
+    async def app(request: Request) -> None:
+        await release.wait()
+        await request.end(OK + b"done")
+
+    async with (
+        serve(app) as (_, address, _app),
+        FastCGIClient(address, multiplex=False, max_connections=1) as client,
+    ):
+        first = asyncio.create_task(client.request({}))
+        await asyncio.sleep(0)
+        with pytest.raises(Timeout) as info:
+            await client.request({}, timeouts=Timeouts(pool=0.1))
+        assert info.value.phase == "pool"
+        release.set()
+        assert (await first).body == b"done"
+        assert (await client.request({})).body == b"done"
+
+
+async def test_server_breaking_mid_response_then_pool_is_healthy() -> None:
+    async def app(request: Request) -> None:
+        if request.params.get(b"REQUEST_URI") == b"/break":
+            await request.send_stdout(OK + b"half")
+            request.fail()  # poisons the connection and closes it
+            return
+        await request.end(OK + b"whole")
+
+    async with serve(app) as (_, address, _app), FastCGIClient(address) as client:
+        with pytest.raises(ProtocolError, match="FastCGI"):
+            await client.request(build_params("GET", "/break"))
+        async with client.stream(build_params("GET", "/break")) as response:
+            with pytest.raises(ProtocolError):
+                await response.aread()
+        assert (await client.request(build_params("GET", "/ok"))).body == b"whole"
+
+
+async def test_server_closing_mid_response_is_connection_lost() -> None:
+    async with fake_server(close_mid_response=True) as fake, FastCGIClient(fake.address) as client:
+        with pytest.raises(ConnectionLost, match="closed the connection"):
+            await client.request({})
+    async with fake_server() as fake, FastCGIClient(fake.address) as client:
+        assert (await client.request({})).body == b"fake"
+
+
+async def test_stale_keep_alive_connection_is_retried() -> None:
+    async with (
+        fake_server(close_after_response=True) as fake,
+        FastCGIClient(fake.address, multiplex=False) as client,
+    ):
+        for _ in range(4):
+            assert (await client.request({}, b"payload")).body == b"fake"
+        assert fake.requests == 4
+
+
+async def test_server_that_never_answers_get_values() -> None:
+    async with (
+        fake_server(answer_get_values=False) as fake,
+        FastCGIClient(fake.address, get_values_timeout=0.2) as client,
+    ):
+        responses = await asyncio.gather(*(client.request({}) for _ in range(3)))
+        assert all(r.body == b"fake" for r in responses)
+        assert client.multiplexing is False
+
+
+async def test_cant_multiplex_falls_back_and_retries() -> None:
+    release = asyncio.Event()
+    count = 0
+
+    async def app(request: Request) -> None:
+        nonlocal count
+        count += 1
+        if count == 3:
+            release.set()
+        await release.wait()
+        await request.end(OK + request.params[b"REQUEST_URI"])
+
+    # The server refuses multiplexing; the client was told to multiplex anyway.
+    async with (
+        serve(app, multiplex=False) as (_, address, _app),
+        FastCGIClient(address, multiplex=True) as client,
+    ):
+        responses = await asyncio.gather(
+            *(client.request(build_params("GET", f"/{i}"), b"data") for i in range(3))
+        )
+        assert [r.body for r in responses] == [b"/0", b"/1", b"/2"]
+        assert client.multiplexing is False
+        assert len(client.connections) == 3
+
+    async def streamed() -> AsyncIterator[bytes]:
+        yield b"once"
+
+    release.clear()
+    count = 0
+    async with (
+        serve(app, multiplex=False) as (_, address, _app),
+        FastCGIClient(address, multiplex=True) as client,
+    ):
+        first = asyncio.create_task(client.request({}))
+        await asyncio.sleep(0.05)
+        # A streamed body cannot be sent twice: the refusal reaches the caller.
+        with pytest.raises(CantMultiplex):
+            await client.request({}, streamed())
+        release.set()
+        await first
+
+
+async def test_rejections_are_typed() -> None:
+    release = asyncio.Event()
+
+    async def app(request: Request) -> None:
+        await release.wait()
+        await request.end(OK)
+
+    async with (
+        serve(app, roles=("responder",), max_requests_per_connection=1) as (_, address, _app),
+        FastCGIClient(address) as client,
+    ):
+        with pytest.raises(UnknownRole):
+            await client.request({}, role=Role.AUTHORIZER)
+        first = asyncio.create_task(client.request({}))
+        await asyncio.sleep(0.05)
+        with pytest.raises(Overloaded):
+            await client.request({})
+        release.set()
+        assert (await first).status_code == 200
+
+
+async def test_connect_errors(tmp_path: object) -> None:
+    async with serve(hello) as (server, address, _):
+        pass  # the port is closed again now
+    async with FastCGIClient(address) as client:
+        with pytest.raises(ConnectError, match="cannot connect"):
+            await client.request({})
+        with pytest.raises(ConnectError):
+            await client.request({})
+    async with FastCGIClient("unix:/nonexistent/dir/sock", multiplex=False) as client:
+        with pytest.raises(ConnectError, match="unix:/nonexistent/dir/sock"):
+            await client.request({})
+    client = FastCGIClient(address)
+    await client.aclose()
+    with pytest.raises(PoolClosed):
+        await client.request({})
+
+
+async def test_body_iterable_errors_reach_the_caller() -> None:
+    async def app(request: Request) -> None:
+        await read_body(request)
+        await request.end(OK + b"never")
+
+    async def broken() -> AsyncIterator[bytes]:
+        yield b"start"
+        raise ValueError("generator failed")
+
+    async with serve(app) as (_, address, _app), FastCGIClient(address) as client:
+        with pytest.raises(ValueError, match="generator failed"):
+            await client.request({}, broken())
+        assert (await client.request({})).body == b"never"
