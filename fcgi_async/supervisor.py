@@ -75,6 +75,11 @@ TICK_S = 0.1
 #: A draining worker keeps a connection it accepted just before it stopped listening this long
 #: for its first request: the web server sent it already, so closing it would lose a request.
 FIRST_REQUEST_GRACE_S = 0.5
+#: How long a draining worker lets accepts already under way complete (asyncio runs them as
+#: tasks, so a connection can be accepted yet not registered when the listeners close).
+ACCEPT_SETTLE_S = 0.05
+#: How often the first-request grace looks at its connections again.
+GRACE_POLL_S = 0.01
 #: Beyond graceful_timeout_s, what a worker gets to cancel its requests and shut its app down
 #: before SIGKILL.
 KILL_MARGIN_S = 5.0
@@ -423,6 +428,8 @@ class Supervisor:
             if waited == 0:
                 continue
             del self.workers[pid]
+            if self.scoreboard.state(worker.slot) == WorkerState.DRAINING:
+                worker.retiring = True  # it drained on its own and exited before we looked
             self.scoreboard.reset(worker.slot, now=now)
             self._free_slots.append(worker.slot)
             self._worker_exited(worker, status, now)
@@ -789,20 +796,28 @@ async def _heartbeat(board: Scoreboard, slot: int) -> None:
 
 
 async def _first_request_grace(state: ServerState) -> None:
-    """Give connections that went quiet less than FIRST_REQUEST_GRACE_S ago time to speak.
+    """Give connections accepted just before the listeners closed time to send their request.
 
-    A connection accepted just before the listeners closed has its request on the way; the
-    graceful shutdown would close it as idle. Connections idle for longer are keep-alive
-    connections between requests, which the web server handles being closed.
+    Their request is on the way (or still in the kernel's buffer); the graceful shutdown would
+    close them as idle, and the web server would see a reset. First, let accepts that are under
+    way reach ``connection_made`` (asyncio finishes them in tasks); then wait, up to
+    FIRST_REQUEST_GRACE_S, until no open connection has been quiet for less than that. Longer
+    quiet ones are keep-alive connections between requests, whose closing web servers handle.
     """
-    now = state.loop.time()
-    quiet_since = [
-        p.idle_since for p in state.connections if not p.requests and p.idle_since is not None
-    ]
-    if quiet_since:
-        until = min(max(quiet_since) + FIRST_REQUEST_GRACE_S, now + FIRST_REQUEST_GRACE_S)
-        if until > now:
-            await asyncio.sleep(until - now)
+    loop = state.loop
+    deadline = loop.time() + FIRST_REQUEST_GRACE_S
+    await asyncio.sleep(ACCEPT_SETTLE_S)
+    while (now := loop.time()) < deadline:
+        fresh = any(
+            not p.closed
+            and not p.requests
+            and p.idle_since is not None
+            and now - p.idle_since < FIRST_REQUEST_GRACE_S
+            for p in state.connections
+        )
+        if not fresh:
+            return
+        await asyncio.sleep(GRACE_POLL_S)
 
 
 __all__ = [

@@ -214,6 +214,14 @@ class Server:
         A draining prefork worker calls this before :meth:`shutdown`, so that connections
         waiting in the shared listen backlog go to its siblings instead of being refused.
         """
+        # asyncio's selector loops finish each accept in a task that needs its Server still
+        # open: closing it under them drops those connections (a reset). So stop accepting
+        # first, let one loop turn register what was accepted, then close.
+        loop = asyncio.get_running_loop()
+        if isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop):
+            for sock in self._sockets:
+                loop.remove_reader(sock.fileno())
+            await asyncio.sleep(0)
         await self._close_servers()
 
     async def shutdown(self, graceful_timeout_s: float | None = None) -> None:
