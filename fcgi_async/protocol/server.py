@@ -16,6 +16,7 @@ connection is dead and raises again. The ``send`` methods raise only
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Final
 
 from ._buffer import RecordBuffer
 from ._state import TRANSITIONS, Phase
@@ -66,10 +67,16 @@ from .records import (
     encode_unknown_type,
 )
 
-#: Record types only an application sends; receiving one with a request id is a broken peer.
-_WRONG_DIRECTION = frozenset({END_REQUEST, STDOUT, STDERR, GET_VALUES_RESULT, UNKNOWN_TYPE})
+#: Record types a web server never sends with a request id: an application's output, or
+#: management records (which carry id 0). Receiving one means a broken peer.
+_WRONG_DIRECTION = frozenset(
+    {END_REQUEST, STDOUT, STDERR, GET_VALUES_RESULT, UNKNOWN_TYPE, GET_VALUES}
+)
 _STREAM_INPUT = frozenset({PARAMS, STDIN, DATA})
 _ALL_ROLES = frozenset(Role)
+# Enum attribute lookups cost more than a global per record; these are read on the hot path.
+_PHASE_PARAMS: Final = Phase.PARAMS
+_PHASE_INPUT_DONE: Final = Phase.INPUT_DONE
 
 #: Bytes that every FastCGI peer rejects as a record header (version 0): nginx answers
 #: "upstream sent unsupported FastCGI protocol version" and drops the client connection
@@ -204,14 +211,14 @@ class ServerConnection:
             return None
         if rtype == BEGIN_REQUEST:
             return self._handle_begin(rid, content)
-        if rtype in _WRONG_DIRECTION or rtype == GET_VALUES:
+        if rtype in _WRONG_DIRECTION:
             raise RemoteProtocolError(f"record type {rtype} is not valid from a web server")
         req = self._requests.get(rid)
         if req is None:
             # Inactive ids (never begun, refused, or already ended by us) are ignored (spec §3.3).
             return None
         if rtype == ABORT_REQUEST:
-            if req.phase == Phase.PARAMS:
+            if req.phase == _PHASE_PARAMS:
                 # The application never saw this request: end it here, so RequestAborted
                 # only ever follows RequestReceived and no request id is left hanging.
                 del self._requests[rid]
@@ -246,7 +253,7 @@ class ServerConnection:
             pairs = decode_pairs(req.params, self._limits.max_params_pairs)
             req.params = bytearray()
             return RequestReceived(rid, req.role, req.keep_conn, dict(pairs))
-        if prev == Phase.INPUT_DONE:
+        if prev == _PHASE_INPUT_DONE:
             return None  # An authorizer's tolerated STDIN.
         if rtype == STDIN:
             return StdinEnded(rid) if is_end else StdinReceived(rid, content)
