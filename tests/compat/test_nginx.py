@@ -57,6 +57,18 @@ def test_post_body_arrives_intact(client: httpx.Client, size: int, location: str
     assert data["content_length"] == str(size)
 
 
+@pytest.mark.parametrize("location", ["/", "/nokeep/", "/upload/"])
+def test_answer_without_reading_the_body(client: httpx.Client, location: str) -> None:
+    # The app answers before (or without) reading a large body. Closing a KEEP_CONN=0
+    # connection with the body unread would reset it under nginx: a 502 or a cut response.
+    for size in (100_000, MIB, 20 * MIB):
+        response = client.post(f"{location}hello", content=os.urandom(size))
+        assert response.status_code == 200, (size, response.status_code)
+        assert response.text == "Hello, world!\n"
+        failed = client.post(f"{location}error-before", content=os.urandom(size))
+        assert failed.status_code == 500, (size, failed.status_code)
+
+
 def test_chunked_upload_without_request_buffering(client: httpx.Client) -> None:
     parts = [os.urandom(n) for n in (1, 100_000, MIB, 3 * MIB + 7)]
 
