@@ -300,9 +300,18 @@ class Connection:
         """Requests this connection may run at once."""
         return self.max_requests if self.multiplex else 1
 
+    def _peer_closed(self) -> bool:
+        # The server's EOF may be buffered before the reader task has run to notice it.
+        return self._reader is not None and self._reader.at_eof()
+
     def is_available(self) -> bool:
         """True when the pool may assign one more request to this connection."""
-        return self.state != State.CLOSED and self.reusable and self.slots < self.capacity
+        return (
+            self.state != State.CLOSED
+            and self.reusable
+            and self.slots < self.capacity
+            and not self._peer_closed()
+        )
 
     def is_idle(self) -> bool:
         """True when no request is assigned to or running on this connection."""
@@ -316,7 +325,7 @@ class Connection:
         """True for an idle connection past its keep-alive expiry, or one not reusable."""
         if self.state == State.CLOSED or not self.is_idle():
             return False
-        if not self.reusable:
+        if not self.reusable or self._peer_closed():
             return True
         return (
             self.state == State.READY

@@ -26,6 +26,7 @@ async def fake_server(
     answer_get_values: bool = True,
     close_after_response: bool = False,
     close_mid_response: bool = False,
+    drop_second_request: bool = False,
     response: bytes = b"Status: 200 OK\r\nContent-Type: text/plain\r\n\r\nfake",
 ) -> AsyncIterator[FakeServer]:
     """A one-request-at-a-time responder on 127.0.0.1:0 with optional faults.
@@ -34,6 +35,8 @@ async def fake_server(
         answer_get_values: when False, GET_VALUES is never answered (the connection stays open).
         close_after_response: close every connection after END_REQUEST, ignoring KEEP_CONN.
         close_mid_response: send half the response, then close without END_REQUEST.
+        drop_second_request: close a connection, unanswered, when a second request arrives on
+            it (a keep-alive connection the server gave up on just as the client reused it).
         response: the STDOUT of every request.
     """
     state = FakeServer()
@@ -42,12 +45,17 @@ async def fake_server(
         state.connections += 1
         state.writers.append(writer)
         codec = ServerConnection(multiplex=False)
+        served = 0
         try:
             while data := await reader.read(65536):
                 codec.receive_data(data)
                 while (event := codec.next_event()) is not NEED_DATA:
                     if isinstance(event, RequestReceived):
+                        if drop_second_request and served:
+                            writer.close()
+                            return
                         state.requests += 1
+                        served += 1
                     if isinstance(event, StdinEnded):
                         rid = event.request_id
                         if close_mid_response:

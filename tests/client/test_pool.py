@@ -110,7 +110,7 @@ async def test_connection_limit_without_multiplexing() -> None:
         await request.end(OK + b"ok")
 
     async with (
-        serve(app, multiplex=False) as (server, address, _),
+        serve(app, multiplex=False) as (_server, address, _),
         FastCGIClient(address, max_connections=2) as client,
     ):
         responses = await asyncio.gather(*(client.request({}) for _ in range(8)))
@@ -317,6 +317,21 @@ async def test_stale_keep_alive_connection_is_retried() -> None:
         for _ in range(4):
             assert (await client.request({}, b"payload")).body == b"fake"
         assert fake.requests == 4
+        assert fake.connections == 4
+    async with (
+        fake_server(drop_second_request=True) as fake,
+        FastCGIClient(fake.address, multiplex=False) as client,
+    ):
+        for _ in range(3):
+            assert (await client.request({}, b"payload")).body == b"fake"
+        assert (fake.requests, fake.connections) == (3, 3)
+        # A streamed body cannot be replayed: the failure reaches the caller.
+
+        async def streamed() -> AsyncIterator[bytes]:
+            yield b"payload"
+
+        with pytest.raises(ConnectionLost):
+            await client.request({}, streamed())
 
 
 async def test_server_that_never_answers_get_values() -> None:
@@ -392,8 +407,8 @@ async def test_rejections_are_typed() -> None:
         assert (await first).status_code == 200
 
 
-async def test_connect_errors(tmp_path: object) -> None:
-    async with serve(hello) as (server, address, _):
+async def test_connect_errors() -> None:
+    async with serve(hello) as (_server, address, _):
         pass  # the port is closed again now
     async with FastCGIClient(address) as client:
         with pytest.raises(ConnectError, match="cannot connect"):
