@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from . import __version__
@@ -304,23 +304,50 @@ _ENV_TYPES: dict[str, Callable[[str], Any]] = {
 }
 
 
-def _apply_env(parser: argparse.ArgumentParser, environ: dict[str, str]) -> None:
-    """Make FCGI_ASYNC_* variables the defaults, so that flags still override them."""
+def _apply_env(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> dict[str, Any]:
+    """Make FCGI_ASYNC_* variables the defaults, so that flags still override them.
+
+    Returns the values of repeatable options (``--bind``): argparse *appends* flags to an
+    ``append`` action's default, so those are applied after parsing, only when no flag was given.
+    """
+    late: dict[str, Any] = {}
     for action in parser._actions:
         dest = action.dest
         if dest in ("help", "version", "app"):
             continue
-        raw = environ.get(ENV_PREFIX + dest.upper())
+        name = ENV_PREFIX + dest.upper()
+        raw = environ.get(name)
         if raw is None:
             continue
         try:
-            if dest == "bind":
-                value: Any = [b.strip() for b in raw.split(",") if b.strip()]
-            else:
-                value = _ENV_TYPES.get(dest, str)(raw)
+            if isinstance(action, argparse._AppendAction):
+                late[dest] = [b.strip() for b in raw.split(",") if b.strip()]
+                continue
+            value: Any = _ENV_TYPES.get(dest, str)(raw)
         except (ValueError, argparse.ArgumentTypeError) as exc:
-            parser.error(f"environment variable {ENV_PREFIX}{dest.upper()}: {exc}")
+            parser.error(f"environment variable {name}: {exc}")
+        if action.choices is not None and value not in action.choices:
+            # argparse checks choices of flags only, never of defaults.
+            choices = ", ".join(map(str, action.choices))
+            parser.error(f"environment variable {name}: {raw!r} is not one of {choices}")
         action.default = value
+    return late
+
+
+def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> argparse.Namespace:
+    """Parse ``argv`` over ``FCGI_ASYNC_*`` variables from ``environ`` over the defaults.
+
+    Raises:
+        SystemExit: argparse's own exit: 0 after ``--help``/``--version``, 2 on a usage error
+            (the message is already on stderr).
+    """
+    parser = build_parser()
+    late = _apply_env(parser, environ)
+    args = parser.parse_args(list(argv))
+    for dest, value in late.items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, value)
+    return args
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -402,21 +429,31 @@ def configure_logging(level: str) -> None:
     )
 
 
-def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> int:
-    """Run the command; return the process exit status (0 on a clean stop, 1 on errors)."""
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Run the command; return the process exit status.
+
+    0 on a clean stop (and after ``--help``/``--version``), 1 on errors, 2 on usage errors.
+    Never raises SystemExit itself, so tests can call it without a subprocess.
+    """
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] == "call":
         from .client.cli import main as call_main
 
         return call_main(args_list[1:])
-    parser = build_parser()
-    _apply_env(parser, dict(os.environ if environ is None else environ))
-    args = parser.parse_args(args_list)
+    try:
+        args = parse_args(args_list, os.environ if environ is None else environ)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
     debug = args.log_level == "debug"
-    configure_logging(args.log_level)
     log = logging.getLogger("fcgi_async")
     try:
+        # Before logging is configured: a bad setting is a plain one-line error.
         config = config_from_args(args)
+    except ConfigError as exc:
+        _fail(log, exc, debug)
+        return 1
+    configure_logging(args.log_level)
+    try:
         if config.supervised:
             return _run_supervisor(config)
         app = load_application(config)

@@ -1,0 +1,395 @@
+"""The ``fcgi-async`` command: argument errors in-process, start-up errors and signals for real.
+
+In-process tests call :func:`fcgi_async.cli.main` only for what fails before logging is set
+up or a loop runs (usage and configuration errors, ``--help``). Everything else runs
+``python -m fcgi_async`` as a subprocess serving a raw Application written to ``tmp_path``,
+waits for readiness by polling ``connect()`` with a deadline, and stops it with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fcgi_async import __version__
+from fcgi_async.cli import config_from_args, main, parse_args
+from fcgi_async.protocol import (
+    NEED_DATA,
+    ClientConnection,
+    ProtocolStatus,
+    RequestEnded,
+    StdoutReceived,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 15.0
+STOP_TIMEOUT_S = 15.0
+
+RAW_APP = textwrap.dedent(
+    """
+    import asyncio
+    import os
+    from pathlib import Path
+
+    HERE = Path(__file__).parent
+
+
+    class RawApp:
+        async def __call__(self, req):
+            body = b""
+            while chunk := await req.receive():
+                body += chunk
+            if body == b"slow":
+                (HERE / "slow-started").write_text("yes")
+                await asyncio.sleep(0.5)
+            await req.end(
+                b"Status: 200 OK\\r\\nContent-Type: text/plain\\r\\n\\r\\n"
+                + b"pid=%d body=%s" % (os.getpid(), body)
+            )
+
+        async def startup(self):
+            (HERE / "events").open("a").write("startup\\n")
+
+        async def shutdown(self):
+            (HERE / "events").open("a").write("shutdown\\n")
+
+
+    app = RawApp()
+    """
+)
+
+
+@pytest.fixture
+def app_dir(tmp_path: Path) -> Path:
+    """A directory holding ``rawapp.py`` (``rawapp:app``), short enough for unix sockets."""
+    (tmp_path / "rawapp.py").write_text(RAW_APP)
+    return tmp_path
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FCGI_ASYNC_")}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fcgi_async", *args],
+        capture_output=True,
+        text=True,
+        env=env or _env(),
+        timeout=timeout,
+        check=False,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _connectable(address: str | tuple[str, int]) -> bool:
+    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+    with socket.socket(family) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(address)
+        except OSError:
+            return False
+        return True
+
+
+def wait_ready(proc: subprocess.Popen[str], address: str | tuple[str, int]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not _connectable(address):
+        if proc.poll() is not None:
+            _, err = proc.communicate()
+            pytest.fail(f"server exited with {proc.returncode} at start-up:\n{err}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"server not ready after {START_TIMEOUT_S} s")
+        time.sleep(0.02)
+
+
+def fcgi_request(address: str | tuple[str, int], body: bytes = b"") -> bytes:
+    """One FastCGI request over a blocking socket; return the response body."""
+    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+    client = ClientConnection()
+    with socket.socket(family) as s:
+        s.settimeout(10)
+        s.connect(address)
+        frames: list[bytes | memoryview] = [client.begin_request(1, keep_conn=False)]
+        frames += client.send_params(1, {b"REQUEST_METHOD": b"POST"})
+        frames += [*client.send_stdin(1, body), client.end_stdin(1)]
+        s.sendall(b"".join(bytes(f) for f in frames))
+        stdout = b""
+        while True:
+            data = s.recv(65536)
+            assert data, "EOF before END_REQUEST"
+            client.receive_data(data)
+            while (event := client.next_event()) is not NEED_DATA:
+                if isinstance(event, StdoutReceived):
+                    stdout += event.data
+                elif isinstance(event, RequestEnded):
+                    assert event.protocol_status == ProtocolStatus.REQUEST_COMPLETE
+                    return stdout.partition(b"\r\n\r\n")[2]
+
+
+@pytest.fixture
+def launch() -> Iterator[list[subprocess.Popen[str]]]:
+    """Servers started by a test; any still running at teardown is killed."""
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=STOP_TIMEOUT_S)
+
+
+def start(
+    procs: list[subprocess.Popen[str]], *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fcgi_async", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env or _env(),
+    )
+    procs.append(proc)
+    return proc
+
+
+def stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=STOP_TIMEOUT_S)
+    return proc.returncode, err
+
+
+# ----------------------------------------------------------------------- in-process
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "the following arguments are required: MODULE:ATTR"),
+        (["app:app", "--bogus"], "unrecognized arguments: --bogus"),
+        (["app:app", "--threads", "many"], "argument --threads: invalid int value: 'many'"),
+        (["app:app", "--socket-mode", "rw"], "'rw' is not an octal mode like 660"),
+        (["app:app", "--interface", "cgi"], "argument --interface: invalid choice: 'cgi'"),
+    ],
+)
+def test_usage_errors_return_2_with_a_message(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv, environ={}) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.startswith("usage: fcgi-async")
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"FCGI_ASYNC_THREADS": "many"}, "environment variable FCGI_ASYNC_THREADS"),
+        ({"FCGI_ASYNC_FACTORY": "perhaps"}, "'perhaps' is not a boolean"),
+        ({"FCGI_ASYNC_LOG_LEVEL": "loud"}, "environment variable FCGI_ASYNC_LOG_LEVEL"),
+        ({"FCGI_ASYNC_INTERFACE": "cgi"}, "environment variable FCGI_ASYNC_INTERFACE"),
+    ],
+)
+def test_bad_environment_variables_are_usage_errors(
+    environ: dict[str, str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["app:app"], environ=environ) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["app:app", "--threads", "0"], "threads must be a whole number of at least 1"),
+        (["app:app", "--roles", "responder,janitor"], "unknown role 'janitor'"),
+        (["app:app", "--keepalive-timeout", "0"], "keepalive_timeout_s must be a number"),
+    ],
+)
+def test_config_errors_return_1_with_one_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv, environ={}) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("fcgi-async: error: ")
+    assert message in err
+
+
+def test_help_returns_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"], environ={}) == 0
+    out = capsys.readouterr().out
+    assert "FCGI_ASYNC_BIND" in out
+    assert "--max-body-buffer-bytes" in out
+
+
+def test_flags_override_environment_over_defaults() -> None:
+    env = {"FCGI_ASYNC_BIND": "unix:/run/a.sock, 127.0.0.1:9001", "FCGI_ASYNC_THREADS": "4"}
+    from_env = config_from_args(parse_args(["app:app"], env))
+    assert from_env.bind == ("unix:/run/a.sock", "127.0.0.1:9001")
+    assert from_env.threads == 4
+    assert from_env.extra["bind_explicit"] is True
+    flagged = config_from_args(
+        parse_args(["app:app", "--bind", "127.0.0.1:9002", "--threads", "2"], env)
+    )
+    assert flagged.bind == ("127.0.0.1:9002",)  # replaces the variable, not added to it
+    assert flagged.threads == 2
+    default = config_from_args(parse_args(["app:app"], {}))
+    assert default.bind == ("127.0.0.1:9000",)
+    assert default.extra["bind_explicit"] is False
+    assert config_from_args(parse_args(["app:app", "--no-multiplex"], {})).multiplex is False
+    env_no_mpx = config_from_args(parse_args(["app:app"], {"FCGI_ASYNC_NO_MULTIPLEX": "yes"}))
+    assert env_no_mpx.multiplex is False
+
+
+# ----------------------------------------------------------------------- subprocess
+
+
+def test_version_and_help() -> None:
+    version = run_cli("--version")
+    assert version.returncode == 0
+    assert version.stdout.strip() == f"fcgi-async {__version__}"
+    helped = run_cli("--help")
+    assert helped.returncode == 0
+    assert "usage: fcgi-async" in helped.stdout
+
+
+def _assert_one_line_error(result: subprocess.CompletedProcess[str], message: str) -> None:
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("fcgi-async: error: "), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("spec", "extra", "message"),
+    [
+        ("nosuchmodule:app", [], "could not import module 'nosuchmodule'"),
+        ("rawapp:nosuch", [], "module 'rawapp' has no attribute 'nosuch'"),
+        ("rawapp:app", ["--bind", "nonsense"], "bad bind 'nonsense'"),
+        ("rawapp:app", ["--bind", "unix:/nonexistent-dir/x.sock"], "cannot bind unix:"),
+    ],
+    ids=["unimportable", "missing-attribute", "bad-bind", "unbindable-path"],
+)
+def test_start_up_errors_are_one_line(
+    app_dir: Path, spec: str, extra: list[str], message: str
+) -> None:
+    result = run_cli(spec, "--app-dir", str(app_dir), *extra)
+    _assert_one_line_error(result, message)
+    debug = run_cli(spec, "--app-dir", str(app_dir), *extra, "--log-level", "debug")
+    assert debug.returncode == 1
+    assert "Traceback (most recent call last)" in debug.stderr
+    assert message in debug.stderr
+
+
+def test_address_in_use_is_one_line(app_dir: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("rawapp:app", "--app-dir", str(app_dir), "--bind", f"127.0.0.1:{port}")
+    _assert_one_line_error(result, f"cannot bind 127.0.0.1:{port}: address already in use")
+    assert not (app_dir / "events").exists(), "the app must not start when binding fails"
+
+
+def test_sigterm_stops_a_serving_server_cleanly(
+    app_dir: Path, launch: list[subprocess.Popen[str]]
+) -> None:
+    port = free_port()
+    proc = start(launch, "rawapp:app", "--app-dir", str(app_dir), "--bind", f"127.0.0.1:{port}")
+    wait_ready(proc, ("127.0.0.1", port))
+    assert fcgi_request(("127.0.0.1", port), b"hi") == b"pid=%d body=hi" % proc.pid
+    code, err = stop(proc)
+    assert code == 0, err
+    assert "Traceback" not in err
+    assert "stopped" in err
+    assert (app_dir / "events").read_text() == "startup\nshutdown\n"
+
+
+def test_sigterm_lets_the_running_request_finish(
+    app_dir: Path, launch: list[subprocess.Popen[str]]
+) -> None:
+    path = app_dir / "s.sock"
+    if len(str(path)) > 100:
+        pytest.skip("tmp path too long for a unix socket")
+    proc = start(launch, "rawapp:app", "--app-dir", str(app_dir), "--bind", f"unix:{path}")
+    wait_ready(proc, str(path))
+    client = ClientConnection()
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        frames: list[bytes | memoryview] = [client.begin_request(1, keep_conn=False)]
+        frames += client.send_params(1, {b"REQUEST_METHOD": b"POST"})
+        frames += [*client.send_stdin(1, b"slow"), client.end_stdin(1)]
+        s.sendall(b"".join(bytes(f) for f in frames))
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not (app_dir / "slow-started").exists():
+            assert time.monotonic() < deadline, "the slow request never started"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        raw = b""
+        while data := s.recv(65536):
+            raw += data
+    client.receive_data(raw)
+    events = []
+    while (event := client.next_event()) is not NEED_DATA:
+        events.append(event)
+    assert b"body=slow" in b"".join(e.data for e in events if isinstance(e, StdoutReceived))
+    assert isinstance(events[-1], RequestEnded)
+    _, err = proc.communicate(timeout=STOP_TIMEOUT_S)
+    assert proc.returncode == 0, err
+    assert not path.exists(), "the unix socket file is removed at exit"
+
+
+def test_environment_bind_and_the_flag_that_overrides_it(
+    app_dir: Path, launch: list[subprocess.Popen[str]]
+) -> None:
+    path = app_dir / "e.sock"
+    if len(str(path)) > 100:
+        pytest.skip("tmp path too long for a unix socket")
+    env_only = start(
+        launch, "rawapp:app", "--app-dir", str(app_dir), env=_env(FCGI_ASYNC_BIND=f"unix:{path}")
+    )
+    wait_ready(env_only, str(path))
+    assert fcgi_request(str(path)).startswith(b"pid=%d" % env_only.pid)
+    assert stop(env_only)[0] == 0
+    # The variable names a busy port; the flag replaces it, so the server starts.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = f"127.0.0.1:{taken.getsockname()[1]}"
+        flagged = start(
+            launch,
+            "rawapp:app",
+            "--app-dir",
+            str(app_dir),
+            "--bind",
+            f"unix:{path}",
+            env=_env(FCGI_ASYNC_BIND=busy),
+        )
+        wait_ready(flagged, str(path))
+        assert fcgi_request(str(path)).startswith(b"pid=%d" % flagged.pid)
+        code, err = stop(flagged)
+    assert code == 0, err
