@@ -2,9 +2,10 @@
 
 Theory of operation: feed received bytes with :meth:`ServerConnection.receive_data`, then call
 :meth:`ServerConnection.next_event` until it returns :data:`NEED_DATA`. Management records
-(GET_VALUES, unknown types) and BEGIN_REQUESTs that must be refused are answered by the
-connection itself; those answers wait in :meth:`ServerConnection.data_to_send`, which the I/O
-layer drains after each batch of events. The response of a request is framed by
+(GET_VALUES, unknown types), BEGIN_REQUESTs that must be refused and ABORT_REQUESTs that
+arrive before a request's params are complete are answered by the connection itself; those
+answers wait in :meth:`ServerConnection.data_to_send`, which the I/O layer drains after each
+batch of events. The response of a request is framed by
 :meth:`send_stdout`, :meth:`send_stderr` and :meth:`end_request`, which return buffers for
 ``transport.writelines``. The request id becomes free when we end the request (spec §5.5).
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -110,3 +112,49 @@ def test_response_round_trip(
     assert events[-1] == RequestEnded(1, app_status, ProtocolStatus.REQUEST_COMPLETE)
     assert not client.is_active(1)
     assert not client.has_partial_record
+
+
+@SETTINGS
+@given(
+    requests=st.lists(st.tuples(params, st.binary(max_size=2000)), min_size=1, max_size=4),
+    order=st.randoms(use_true_random=False),
+    cuts=split_points,
+)
+def test_multiplexed_requests_interleaved(
+    requests: list[tuple[dict[bytes, bytes], bytes]], order: random.Random, cuts: list[int]
+) -> None:
+    """Records of several requests, interleaved in any order that keeps each request's own."""
+    client = ClientConnection()
+    queues: list[list[bytes]] = []
+    for request_params, body in requests:
+        rid = client.free_request_id()
+        frames = [client.begin_request(rid)]
+        frames += [join(client.send_params(rid, request_params))]
+        frames += [join(client.send_stdin(rid, chunk)) for chunk in chunks_at(body, [700, 1400])]
+        frames.append(client.end_stdin(rid))
+        queues.append(frames)
+    wire = b""
+    while any(queues):
+        queue = order.choice([q for q in queues if q])
+        wire += queue.pop(0)
+
+    server = ServerConnection()
+    events = feed_server(server, chunks_at(wire, cuts))
+    for rid, (request_params, body) in enumerate(requests, start=1):
+        mine = [e for e in events if e.request_id == rid]
+        assert mine[0] == RequestReceived(rid, Role.RESPONDER, True, request_params)
+        assert b"".join(e.data for e in mine if isinstance(e, StdinReceived)) == body
+        assert mine[-1] == StdinEnded(rid)
+    assert server.active_requests == len(requests)
+
+    # Answer in reverse order; the client sorts the responses out by id.
+    answer = b"".join(
+        join(server.end_request(rid, b"r%d" % rid)) for rid in range(len(requests), 0, -1)
+    )
+    got = feed_client(client, chunks_at(answer, cuts))
+    for rid in range(1, len(requests) + 1):
+        assert [e for e in got if e.request_id == rid] == [
+            StdoutReceived(rid, b"r%d" % rid),
+            RequestEnded(rid, 0, ProtocolStatus.REQUEST_COMPLETE),
+        ]
+    assert client.active_requests == 0
