@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import NoReturn
 
-from .config import Config
+from .config import Config, ConfigError
 from .runner import loop_factory
 from .scoreboard import Scoreboard, WorkerState
 from .server import Server, ServerState
@@ -221,6 +221,9 @@ class Supervisor:
 
     :meth:`run` blocks until the supervisor stops and returns the process exit status: 0 after a
     graceful stop, 1 when respawning stopped (crash loop) and no worker is left.
+
+    Raises:
+        ConfigError: the platform cannot fork.
     """
 
     def __init__(
@@ -229,6 +232,10 @@ class Supervisor:
         load_app: Callable[[], Application],
         sockets: Sequence[socket.socket],
     ) -> None:
+        if not hasattr(os, "fork"):
+            raise ConfigError(
+                "--workers, --pm and --max-requests need os.fork, which this platform lacks"
+            )
         self.config = config
         self.load_app = load_app
         self.sockets = list(sockets)
@@ -379,6 +386,14 @@ class Supervisor:
             pid = os.fork()
             if pid == 0:
                 self._become_worker(slot)
+        except OSError as exc:  # EAGAIN (process limit), ENOMEM: try again later
+            self.scoreboard.reset(slot, now=now)
+            self._free_slots.append(slot)
+            self._spawn_not_before = now + RESPAWN_BACKOFF_MAX_S
+            logger.error(
+                "cannot fork a worker: %s; trying again in %g s", exc, RESPAWN_BACKOFF_MAX_S
+            )
+            return
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         self.scoreboard.set_pid(slot, pid)
@@ -775,7 +790,7 @@ async def _serve_worker(
     state.on_change = on_change
     board.report(slot, state.active_requests, state.total_requests, time.monotonic())
     board.set_state(slot, WorkerState.IDLE if not state.active_requests else WorkerState.BUSY)
-    beat = loop.create_task(_heartbeat(board, slot))
+    beat = loop.create_task(_heartbeat(board, slot, os.getppid(), stop))
     try:
         await stop.wait()
         board.set_state(slot, WorkerState.DRAINING)
@@ -789,9 +804,14 @@ async def _serve_worker(
     return EXIT_OK
 
 
-async def _heartbeat(board: Scoreboard, slot: int) -> None:
+async def _heartbeat(board: Scoreboard, slot: int, parent: int, stop: asyncio.Event) -> None:
+    """Bump the heartbeat every HEARTBEAT_INTERVAL_S; drain if the supervisor vanished."""
     while True:
         board.heartbeat(slot, time.monotonic())
+        if os.getppid() != parent and not stop.is_set():
+            # Killed with SIGKILL, nobody will stop or replace us: do not serve on as an orphan.
+            logger.warning("worker %d: supervisor %d is gone; stopping", os.getpid(), parent)
+            stop.set()
         await asyncio.sleep(HEARTBEAT_INTERVAL_S)
 
 

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from .helpers import Load, RequestFailed, Supervised, wait_for
 
 
@@ -52,8 +54,11 @@ def test_killed_worker_is_replaced_under_load(supervised: Callable[..., Supervis
     assert server.proc.poll() is None
 
 
-def test_max_requests_recycles_without_failures(supervised: Callable[..., Supervised]) -> None:
-    server = supervised("--max-requests", "10", "--max-requests-jitter", "3")
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_max_requests_recycles_without_failures(
+    supervised: Callable[..., Supervised], loop: str
+) -> None:
+    server = supervised("--max-requests", "10", "--max-requests-jitter", "3", "--loop", loop)
     server.wait_serving(workers=1)
     with Load(server.address, concurrency=2) as load:
         wait_for(lambda: load.count() >= 60, what="60 requests")
@@ -61,7 +66,7 @@ def test_max_requests_recycles_without_failures(supervised: Callable[..., Superv
     pids = {pid_of(body) for body in load.ok}
     assert len(pids) >= 4, pids  # 60 requests at most 13 per worker
     assert "(--max-requests): recycling" in server.log
-    assert "crash" not in server.log
+    assert "died unexpectedly" not in server.log
 
 
 def test_ondemand_forks_on_first_connection_and_stops_idle_workers(
@@ -105,3 +110,43 @@ def test_hung_worker_is_killed_and_replaced(supervised: Callable[..., Supervised
     (hung,) = before - server.workers()
     assert f"worker {hung} sent no heartbeat" in server.log
     wait_for(server.answers, what="answers after the replacement")
+
+
+def test_dynamic_keeps_spare_workers(supervised: Callable[..., Supervised]) -> None:
+    server = supervised(
+        *("--pm", "dynamic", "--pm-max-children", "3", "--pm-start", "1"),
+        *("--pm-min-spare", "1", "--pm-max-spare", "1"),
+    )
+    server.wait_serving(workers=1)
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(server.get, "/slow?2")
+        # The only worker is busy, so there is no idle one: a spare is forked.
+        wait_for(lambda: len(server.workers()) == 2, what="a spare worker")
+        assert slow.result()[0] == 200
+    # Two idle workers now, one more than --pm-max-spare: one is stopped.
+    wait_for(lambda: len(server.workers()) == 1, what="the extra spare to stop")
+    assert "more idle workers than --pm-max-spare" in server.log
+
+
+def test_workers_stop_when_the_supervisor_is_killed(
+    supervised: Callable[..., Supervised],
+) -> None:
+    server = supervised("--workers", "2")
+    server.wait_serving(workers=2)
+    workers = server.workers()
+    server.proc.kill()
+    server.wait_exit()
+
+    def gone() -> bool:
+        return not any(_alive(pid) for pid in workers)
+
+    wait_for(gone, what="orphaned workers to stop")
+    assert "is gone; stopping" in server.log
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
