@@ -18,6 +18,7 @@ clean short one. A gone client is not an application error: it is logged at debu
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias
@@ -42,6 +43,10 @@ FILE_BLOCK_SIZE: Final = 64 * 1024
 #: A list/tuple body with several chunks is joined into the single final write up to this size;
 #: larger ones go out chunk by chunk so we never hold a second copy of a big response.
 MAX_JOINED_BODY: Final = 1024 * 1024
+
+#: The most request body one trip from the worker thread to the loop gathers for ``wsgi.input``
+#: (only reads that ask for at least this much get it all at once).
+MAX_INPUT_PULL: Final = 1024 * 1024
 
 #: ``wsgi.errors`` text without a newline is held at most this long before it is emitted, so a
 #: chatty application without newlines cannot grow our memory.
@@ -119,15 +124,33 @@ class FileWrapper:
             close()
 
 
-class _Input:
-    """``wsgi.input``: the request body, pulled from the loop one chunk at a time.
+async def _pull(
+    receive: Callable[[], Coroutine[Any, Any, bytes]], wanted: int
+) -> tuple[list[bytes], bool]:
+    """On the loop: receive body chunks until ``wanted`` bytes came; ``(chunks, ended)``."""
+    chunks: list[bytes] = []
+    got = 0
+    while got < wanted:
+        chunk = await receive()
+        if not chunk:
+            return chunks, True
+        chunks.append(chunk)
+        got += len(chunk)
+    return chunks, False
 
-    Holds at most one received chunk; reads that ask for more accumulate only what they
-    return. Simulates end-of-file at CONTENT_LENGTH; without one, reads until the body ends
-    (``wsgi.input_terminated``). Raises :class:`ClientDisconnected` if the client goes away.
+
+class _Input:
+    """``wsgi.input``: the request body, pulled from the loop as the application reads it.
+
+    Each trip to the loop gathers as many chunks as the current read needs (at most
+    :data:`MAX_INPUT_PULL` bytes), so ``read(n)`` over small STDIN records costs one thread
+    hop rather than one per record, and nothing is held beyond what the application asked for
+    plus one chunk. ``readline`` pulls one chunk at a time. Simulates end-of-file at
+    CONTENT_LENGTH; without one, reads until the body ends (``wsgi.input_terminated``).
+    Raises :class:`ClientDisconnected` if the client goes away.
     """
 
-    __slots__ = ("_buf", "_eof", "_pos", "_receive", "_remaining")
+    __slots__ = ("_buf", "_eof", "_pos", "_queue", "_receive", "_remaining")
 
     def __init__(
         self, receive: Callable[[], Coroutine[Any, Any, bytes]], length: int | None
@@ -137,22 +160,40 @@ class _Input:
         self._eof = length == 0
         self._buf = b""
         self._pos = 0
+        self._queue: deque[bytes] = deque()
 
-    def _fill(self) -> bool:
-        """Replace the (consumed) buffer with the next chunk; False at end of body."""
-        if self._eof:
-            return False
-        chunk: bytes = _from_thread(self._receive)
-        if not chunk:
-            self._eof = True
-            return False
-        remaining = self._remaining
-        if remaining is not None:
-            if len(chunk) >= remaining:
-                chunk = chunk[:remaining]
+    def _fill(self, wanted: int) -> bool:
+        """Make the next chunk current (the current one is consumed); False at end of body.
+
+        ``wanted`` is how many more bytes the caller needs: a trip to the loop brings that
+        much (bounded) at once.
+        """
+        queue = self._queue
+        if not queue:
+            if self._eof:
+                return False
+            remaining = self._remaining
+            if wanted > MAX_INPUT_PULL:
+                wanted = MAX_INPUT_PULL
+            if remaining is not None and wanted > remaining:
+                wanted = remaining
+            chunks, ended = _from_thread(_pull, self._receive, wanted)
+            if ended:
                 self._eof = True
-            self._remaining = remaining - len(chunk)
-        self._buf = chunk
+            if remaining is not None:
+                for i, chunk in enumerate(chunks):
+                    if len(chunk) >= remaining:
+                        chunks[i] = chunk[:remaining]
+                        del chunks[i + 1 :]
+                        self._eof = True
+                        remaining = 0
+                        break
+                    remaining -= len(chunk)
+                self._remaining = remaining
+            if not chunks:
+                return False
+            queue.extend(chunks)
+        self._buf = queue.popleft()
         self._pos = 0
         return True
 
@@ -160,7 +201,7 @@ class _Input:
         """Read ``size`` bytes (fewer only at end of body); all that is left if omitted."""
         if size is None or size < 0:
             parts = [self._buf[self._pos :]]
-            while self._fill():
+            while self._fill(MAX_INPUT_PULL):
                 parts.append(self._buf)
             self._buf = b""
             self._pos = 0
@@ -174,7 +215,7 @@ class _Input:
         wanted = size - available
         self._buf = b""
         self._pos = 0
-        while wanted and self._fill():
+        while wanted and self._fill(wanted):
             buf = self._buf
             if len(buf) <= wanted:
                 parts.append(buf)
@@ -196,7 +237,7 @@ class _Input:
         while True:
             buf, pos = self._buf, self._pos
             if pos >= len(buf):
-                if not self._fill():
+                if not self._fill(1):
                     break
                 buf, pos = self._buf, 0
             end = buf.find(b"\n", pos) + 1

@@ -1394,3 +1394,43 @@ async def test_client_gone_while_sending_the_500(caplog: pytest.LogCaptureFixtur
     req = await serve(app, GoneAtEnd())
     assert req.output == b""
     assert "app failed" in caplog.text
+
+
+async def test_input_big_reads_cross_many_chunks() -> None:
+    from fcgi_async.adapters.wsgi import MAX_INPUT_PULL
+
+    body = os.urandom(3 * MAX_INPUT_PULL + 5)
+    chunks = [body[i : i + 32768] for i in range(0, len(body), 32768)]
+    results: list[Any] = []
+    app = reader(lambda f: [f.read(MAX_INPUT_PULL * 2 + 1), f.read(7), f.read()], results)
+    await serve(app, body_request(str(len(body)), chunks))
+    first, second, rest = results[0]
+    assert first == body[: MAX_INPUT_PULL * 2 + 1]
+    assert second == body[MAX_INPUT_PULL * 2 + 1 : MAX_INPUT_PULL * 2 + 8]
+    assert rest == body[MAX_INPUT_PULL * 2 + 8 :]
+
+
+async def test_input_read_waits_for_the_size_asked() -> None:
+    results: list[bytes] = []
+    done = threading.Event()
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        results.append(environ["wsgi.input"].read(10))
+        done.set()
+        results.append(environ["wsgi.input"].readline())
+        start_response("200 OK", [])
+        return []
+
+    req = FakeRequest({"REQUEST_METHOD": "POST", "CONTENT_LENGTH": ""}, None)
+    task = asyncio.create_task(WSGIAdapter(app)(req))
+    req.feed(b"abc")
+    await asyncio.sleep(0.05)
+    assert not done.is_set()
+    req.feed(b"defghijkl")
+    await until(done.is_set)
+    await asyncio.sleep(0.05)
+    assert results == [b"abcdefghij"]  # readline() waits for its newline
+    req.feed(b"m\nnext")
+    req.feed(b"")
+    await task
+    assert results == [b"abcdefghij", b"klm\n"]
