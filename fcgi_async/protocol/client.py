@@ -56,6 +56,9 @@ from .records import (
     encode_stream,
 )
 
+#: Record types only a web server sends; receiving one from an application is a broken peer.
+_WRONG_DIRECTION = frozenset({BEGIN_REQUEST, ABORT_REQUEST, PARAMS, STDIN, DATA, GET_VALUES})
+
 
 class ClientConnection:
     """Protocol state of one connection, as seen by the web server (or our client)."""
@@ -192,7 +195,7 @@ class ClientConnection:
                     raise RemoteProtocolError(f"UNKNOWN_TYPE body of {len(content)} bytes")
                 return UnknownTypeReceived(0, content[0])
             raise RemoteProtocolError(f"unexpected management record type {rtype}")
-        if rtype in (BEGIN_REQUEST, ABORT_REQUEST, PARAMS, STDIN, DATA, GET_VALUES):
+        if rtype in _WRONG_DIRECTION:
             raise RemoteProtocolError(f"record type {rtype} is not valid from an application")
         if rid not in self._requests:
             return None
