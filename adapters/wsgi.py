@@ -675,13 +675,14 @@ class WSGIAdapter:
         try:
             last = await _to_thread(call.run, limiter=limiter)
         except Exception as exc:
-            await self._failed(request, call, exc)
+            await self._failed(request, call.errors.take_pending(), exc)
             return
+        # A partial last line of wsgi.errors is logged in any case, sent if anything is.
+        stderr = call.errors.take_pending()
         if last is None:
             self._logger.debug("client went away during %s", _describe(request))
             return
         try:
-            stderr = call.errors.take_pending()
             if stderr:
                 await request.send_stderr(stderr)
             if isinstance(last, list):
@@ -694,7 +695,8 @@ class WSGIAdapter:
         except ClientDisconnected:
             self._logger.debug("client went away during %s", _describe(request))
 
-    async def _failed(self, request: Request, call: _Call, exc: Exception) -> None:
+    async def _failed(self, request: Request, stderr: bytes, exc: Exception) -> None:
+        """The application raised: a quiet return, a 500, or a visibly broken response."""
         if request.disconnected or isinstance(exc, ClientDisconnected):
             self._logger.debug("client went away during %s: %r", _describe(request), exc)
             return
@@ -703,7 +705,6 @@ class WSGIAdapter:
             request.fail()
             return
         try:
-            stderr = call.errors.take_pending()
             if stderr:
                 await request.send_stderr(stderr)
             await request.end(INTERNAL_ERROR_RESPONSE)

@@ -1434,3 +1434,20 @@ async def test_input_read_waits_for_the_size_asked() -> None:
     req.feed(b"")
     await task
     assert results == [b"abcdefghij", b"klm\n"]
+
+
+async def test_partial_errors_line_is_logged_even_when_the_client_left(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    req = FakeRequest()
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterator[bytes]:
+        environ["wsgi.errors"].write("last words")
+        start_response("200 OK", [])
+        req.disconnect()
+        yield b"x"
+
+    await serve(app, req)
+    assert req.stderr == []
+    assert "last words" in [r.getMessage() for r in caplog.records]
