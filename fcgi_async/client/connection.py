@@ -167,7 +167,10 @@ class Exchange:
         if room > 0:
             self.stderr += data[:room]
         if self.on_stderr is not None:
-            self.on_stderr(data)
+            try:
+                self.on_stderr(data)
+            except Exception:  # a caller's callback must not kill the connection's reader
+                logger.exception("on_stderr callback failed")
 
     def feed_end(self, app_status: int, status: ProtocolStatus) -> None:
         """END_REQUEST arrived."""
@@ -330,7 +333,7 @@ class Connection:
         return (
             self.state == State.READY
             and self.keepalive_expiry is not None
-            and now - self.idle_since > self.keepalive_expiry
+            and now - self.idle_since >= self.keepalive_expiry
         )
 
     def unassign(self) -> None:
@@ -566,6 +569,9 @@ class Connection:
             error = ProtocolError(f"{self.address} broke the FastCGI protocol: {exc}")
         except OSError as exc:
             error = ConnectionLost(f"connection to {self.address} failed: {_describe(exc)}")
+        except Exception as exc:  # a bug: fail the requests rather than leave them hanging
+            logger.exception("%s: reader failed", self.address)
+            error = ConnectionLost(f"connection to {self.address} failed: {exc!r}")
         self._reader_task = None
         self.close(error)
 

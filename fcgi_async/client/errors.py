@@ -12,7 +12,8 @@ by the caller's own request-body iterable pass through unchanged.
     +-- ProtocolError       the server broke FastCGI, or sent a malformed CGI response
     +-- RequestRejected     END_REQUEST refused the request (spec §5.5)
     |   +-- Overloaded      OVERLOADED
-    |   +-- CantMultiplex   CANT_MPX_CONN (retried once on another connection first)
+    |   +-- CantMultiplex   CANT_MPX_CONN (bytes bodies are retried once on another
+    |                       connection first; streamed bodies cannot be sent twice)
     |   +-- UnknownRole     UNKNOWN_ROLE
     +-- Timeout             a connect, pool, read, write or total deadline passed
     +-- PoolClosed          the client was closed
@@ -35,7 +36,9 @@ class ConnectionLost(FastCGIError):
     """The connection closed or failed while a request was running on it.
 
     The request may or may not have run on the server. The pool drops the connection; later
-    requests use a fresh one.
+    requests use a fresh one. A request with a bytes body whose *reused* connection closed
+    before any answer (a keep-alive connection the server had just given up) is retried once
+    on a new connection instead.
     """
 
 

@@ -110,13 +110,20 @@ class FastCGIClient:
         max_connections: connections open at once (lowered by the server's FCGI_MAX_CONNS).
         max_requests_per_connection: requests at once on one multiplexed connection.
         multiplex: ``None`` asks the server (GET_VALUES); ``True``/``False`` skip the question.
-        keepalive_expiry: seconds an idle connection is kept; ``None`` keeps it until closed.
+        keepalive_expiry: seconds an idle connection is kept; ``0`` closes connections as soon
+            as they are idle; ``None`` keeps them until closed.
         timeouts: default time limits of each request.
         get_values_timeout: how long the first request waits for the GET_VALUES answer.
         max_stderr_bytes: STDERR bytes kept per response.
         on_stderr: called with every STDERR chunk as it arrives (e.g. to log it).
 
     Use as ``async with FastCGIClient(...) as client:`` or call :meth:`aclose`.
+
+    php-fpm does not multiplex, and each of its workers stays bound to an open kept-alive
+    connection until that connection closes (as with nginx's upstream keepalive): keep
+    ``max_connections`` at or below the pool's ``pm.max_children`` (php-fpm does not report
+    FCGI_MAX_CONNS), or pass ``keepalive_expiry=0``, or requests beyond it wait for an idle
+    connection to expire.
     """
 
     def __init__(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import os
 import subprocess
 import sys
 from typing import Any
@@ -19,6 +21,7 @@ from fcgi_async.client import (
     get_values,
 )
 from fcgi_async.client.cli import main
+from fcgi_async.client.response import parse_head
 
 from .conftest import PhpFpm, requires_php_fpm
 
@@ -214,3 +217,69 @@ def test_ping_through_cli_subprocess(php_fpm: PhpFpm) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(b"HTTP/1.1 200 OK\r\n")
     assert result.stdout.endswith(b"\r\n\r\npong")
+
+
+CGI_FCGI = "/usr/bin/cgi-fcgi"
+
+
+@pytest.mark.skipif(not os.path.exists(CGI_FCGI), reason="cgi-fcgi is missing (libfcgi-bin)")
+@pytest.mark.parametrize("target", ["/ping", "/echo.php?a=1&b=%20x", "/notfound.php"])
+async def test_same_answer_as_cgi_fcgi(php_fpm: PhpFpm, target: str) -> None:
+    """The reference client (libfcgi's cgi-fcgi) and ours get the same response for the same
+    params: same status, headers and body."""
+    path, _, query = target.partition("?")
+    params = {
+        "REQUEST_METHOD": "GET",
+        "SCRIPT_NAME": path,
+        "SCRIPT_FILENAME": str(php_fpm.root) + path if path.endswith(".php") else path,
+        "QUERY_STRING": query,
+        "REQUEST_URI": target,
+        "REQUEST_TIME_PINNED": "1",
+    }
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [CGI_FCGI, "-bind", "-connect", str(php_fpm.socket_path)],
+        env=params,
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
+    raw = result.stdout
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status, _, headers = parse_head(head)
+    async with FastCGIClient(php_fpm.address) as client:
+        response = await client.request(params)
+    assert response.status_code == status
+    assert response.headers == headers
+    if path == "/echo.php":
+        mine, theirs = json.loads(response.body), json.loads(body)
+        for key in ("REQUEST_TIME", "REQUEST_TIME_FLOAT"):
+            mine["server"].pop(key)
+            theirs["server"].pop(key)
+        assert mine == theirs
+        assert mine["get"] == {"a": "1", "b": " x"}
+    else:
+        assert response.body == body
+
+
+async def test_concurrent_requests_within_php_fpm_children(php_fpm: PhpFpm) -> None:
+    async with FastCGIClient(php_fpm.address, max_connections=2) as client:
+        root = str(php_fpm.root)
+        responses = await asyncio.gather(
+            *(
+                client.request(build_params("GET", f"/echo.php?i={i}", document_root=root))
+                for i in range(8)
+            )
+        )
+        assert [json.loads(r.body)["get"]["i"] for r in responses] == [str(i) for i in range(8)]
+        assert len(client.connections) <= 2
+        # Cancelling a request on a non-multiplexed connection closes that connection only.
+        task = asyncio.create_task(
+            client.request(build_params("GET", "/big.php", document_root=root))
+        )
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        again = await client.request(build_params("GET", "/echo.php", document_root=root))
+        assert again.status_code == 200

@@ -95,6 +95,11 @@ async def test_keep_alive_reuses_one_connection() -> None:
             assert conn.served == 5
         assert len(proxy.upstream) == 1
         assert server.state.total_requests == 5
+        async with FastCGIClient(proxy.address, multiplex=False, keepalive_expiry=0) as client:
+            for _ in range(3):
+                await client.request({})
+            assert client.connections == []
+        assert len(proxy.upstream) == 4
 
 
 async def test_connection_limit_without_multiplexing() -> None:
