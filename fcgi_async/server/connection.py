@@ -164,7 +164,9 @@ class RequestHandle:
 
     # --------------------------------------------------------------- Request protocol
     async def _wait_input(self) -> None:
-        if self.disconnected:
+        if self.disconnected or self.done:
+            # Once the request is ended its unread input is dropped and nothing more is fed:
+            # waiting would never return (ASGI: receive() after the response -> disconnect).
             raise ClientDisconnected(f"request {self.request_id} from {self.peer} went away")
         waiter = self._proto.loop.create_future()
         self._waiter = waiter
@@ -456,6 +458,7 @@ class FastCGIProtocol(asyncio.Protocol):
         leftover = handle._discard_input()
         if leftover:
             self.body_consumed(leftover)
+        handle._wake()  # a receive() still waiting (another task of the app) must not hang
         if not self.requests:
             self.idle_since = self.loop.time()
             if self.codec.close_requested:

@@ -1,16 +1,38 @@
-"""Fixtures that start in-process Servers in the test's event loop (and stop them)."""
+"""Fixtures that start in-process Servers in the test's event loop (and stop them).
+
+The raw-socket tests run on both asyncio's loop and uvloop, which the CLI uses by default:
+their transports differ in flow control, ``write_eof`` and close timing.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop is a dependency on CPython/POSIX
+    uvloop = None  # type: ignore[assignment]
+
 from fcgi_async.config import Config
 from fcgi_async.server import Server
 from fcgi_async.types import Application
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Run ``test_raw_sockets.py`` on asyncio and uvloop; other tests here on asyncio only."""
+    factories: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+        "asyncio": asyncio.new_event_loop
+    }
+    if item.path.name == "test_raw_sockets.py" and uvloop is not None:
+        factories["uvloop"] = uvloop.new_event_loop
+    return factories
 
 
 class Servers:

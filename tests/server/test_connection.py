@@ -290,6 +290,31 @@ async def test_abort_frees_the_request_id_for_reuse() -> None:
     await wait_until(lambda: stdout_of(h.events()).endswith(b"second"))
 
 
+async def test_reading_after_the_response_ended_does_not_hang() -> None:
+    outcome: list[str] = []
+
+    async def app(req: Request) -> None:
+        async def reader() -> None:
+            try:
+                await req.receive()
+            except ClientDisconnected:
+                outcome.append("waiting reader woke")
+
+        waiting = asyncio.ensure_future(reader())
+        await asyncio.sleep(0)
+        await req.end(OK_HEAD + b"answered before reading")
+        await waiting
+        with pytest.raises(ClientDisconnected):
+            await req.receive()
+        outcome.append("late reader refused")
+
+    h = Harness(app)
+    h.feed(h.request_bytes(body=None))  # the body never comes
+    await wait_until(lambda: len(outcome) == 2, within_s=2)
+    assert outcome == ["waiting reader woke", "late reader refused"]
+    await wait_until(lambda: h.state.active_requests == 0)
+
+
 # ------------------------------------------------------------------------------ failures
 
 
