@@ -7,6 +7,7 @@ through ``accept`` and can land on any worker), built on the sans-IO ``ClientCon
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import signal
 import socket
@@ -227,3 +228,117 @@ class Load:
         self._stop.set()
         for thread in self._threads:
             thread.join(WAIT_S)
+
+
+NGINX = "/usr/sbin/nginx"
+FASTCGI_PARAMS = "/etc/nginx/fastcgi_params"
+
+
+class Nginx:
+    """nginx in the foreground on a free loopback port, passing ``/`` to ``upstream`` (a unix
+    socket) through an upstream block with keep-alive connections (``fastcgi_keep_conn on``):
+    the case where a draining worker closes connections nginx holds."""
+
+    def __init__(self, prefix: Path, upstream: str) -> None:
+        prefix.mkdir()
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = int(probe.getsockname()[1])
+        temp = " ".join(
+            f"{kind}_temp_path {prefix}/{kind};"
+            for kind in ("client_body", "fastcgi", "proxy", "uwsgi", "scgi")
+        )
+        self.error_log = prefix / "error.log"
+        config = prefix / "nginx.conf"
+        config.write_text(
+            f"""worker_processes 1; pid {prefix}/nginx.pid; error_log {self.error_log} info;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off; {temp}
+    upstream app {{ server unix:{upstream}; keepalive 8; }}
+    server {{
+        listen 127.0.0.1:{self.port};
+        location / {{ include {FASTCGI_PARAMS}; fastcgi_pass app; fastcgi_keep_conn on; }}
+    }}
+}}
+"""
+        )
+        globals_ = "daemon off;" + (" user root;" if os.getuid() == 0 else "")
+        self._stderr = open(prefix / "stderr", "wb")  # noqa: SIM115 - closed in stop()
+        argv = [NGINX, "-p", str(prefix), "-e", str(self.error_log), "-c", str(config)]
+        self.proc = subprocess.Popen(
+            [*argv, "-g", globals_],
+            stdin=subprocess.DEVNULL,
+            stdout=self._stderr,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_for(self._connectable, what="nginx listening")
+
+    def _connectable(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"nginx exited with {self.proc.returncode}")
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def stop(self) -> None:
+        """Stop nginx (SIGTERM: a fast stop) and wait for it."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait(WAIT_S)
+        self._stderr.close()
+
+
+@dataclass
+class HttpLoad:
+    """Steady HTTP/1.1 keep-alive request streams to nginx from ``concurrency`` threads."""
+
+    port: int
+    concurrency: int = 4
+    ok: list[bytes] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __enter__(self) -> HttpLoad:
+        for _ in range(self.concurrency):
+            thread = threading.Thread(target=self._run, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(WAIT_S)
+
+    def _run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        while not self._stop.is_set():
+            try:
+                conn.request("GET", "/")
+                response = conn.getresponse()
+                body = response.read()
+            except Exception as exc:
+                with self._lock:
+                    self.failures.append(repr(exc))
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                continue
+            with self._lock:
+                if response.status == 200:
+                    self.ok.append(body)
+                else:
+                    self.failures.append(f"{response.status}: {body[:200]!r}")
+        conn.close()
+
+    def count(self) -> int:
+        """Successful requests so far."""
+        with self._lock:
+            return len(self.ok)
+
+    def bodies_since(self, start: int) -> list[bytes]:
+        """Bodies of the successful requests after the ``start``-th."""
+        with self._lock:
+            return self.ok[start:]

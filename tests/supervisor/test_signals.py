@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -12,7 +13,7 @@ import pytest
 
 from fcgi_async.supervisor import reopen_log_files
 
-from .helpers import Load, RequestFailed, Supervised, wait_for
+from .helpers import NGINX, HttpLoad, Load, Nginx, RequestFailed, Supervised, wait_for
 
 
 def version_of(body: bytes) -> str:
@@ -126,3 +127,32 @@ def test_reopen_log_files_follows_a_rotation(
     file_handler.flush()
     assert "before" in (tmp_path / "app.log.1").read_text()
     assert (tmp_path / "app.log").read_text().strip() == "after"
+
+
+def reload_and_wait(server: Supervised) -> None:
+    """SIGHUP, then wait until none of the workers from before is left."""
+    old = server.workers()
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: server.workers().isdisjoint(old), what="the old generation to exit")
+
+
+@pytest.mark.nginx
+@pytest.mark.skipif(not os.path.exists(NGINX), reason=f"{NGINX} is missing (.ci/run installs it)")
+def test_reload_through_nginx_keepalive_loses_no_request(
+    supervised: Callable[..., Supervised], app_dir: Path
+) -> None:
+    server = supervised("--workers", "2")
+    server.wait_serving(workers=2)
+    nginx = Nginx(app_dir / "nginx", server.address)
+    try:
+        with HttpLoad(nginx.port, concurrency=4) as load:
+            wait_for(lambda: load.count() >= 50, what="load through nginx")
+            for version in ("2", "3", "4"):
+                (app_dir / "version.txt").write_text(version)
+                reload_and_wait(server)
+            switched = load.count()
+            wait_for(lambda: load.count() >= switched + 50, what="load after the reloads")
+    finally:
+        nginx.stop()
+    assert load.failures == []
+    assert {version_of(b) for b in load.bodies_since(switched)} == {"4"}
