@@ -1,0 +1,106 @@
+"""What a result needs to be judged later: versions, machine, load, date, git commit."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import re
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .load import WRK
+from .stacks import NGINX, PHP_FPM
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(argv: list[str]) -> str:
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return (proc.stdout + proc.stderr).strip()
+
+
+def _first_match(pattern: str, text: str) -> str | None:
+    m = re.search(pattern, text)
+    return m.group(1) if m else None
+
+
+def _dist(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def versions() -> dict[str, str | None]:
+    py = sys.executable
+    # Ask the interpreter that runs the servers (it may not be the one importing this module).
+    code = (
+        "import json\nfrom importlib import metadata\nout = {}\n"
+        "for n in ['fcgi-async', 'uvicorn', 'uvloop', 'httptools', 'flask', 'starlette',"
+        " 'flup', 'fcgisgi', 'matplotlib', 'anyio']:\n"
+        "    try: out[n] = metadata.version(n)\n"
+        "    except metadata.PackageNotFoundError: out[n] = None\n"
+        "print(json.dumps(out))"
+    )
+    import json
+
+    try:
+        found: dict[str, str | None] = json.loads(_run([py, "-c", code]) or "{}")
+    except ValueError:
+        found = {}
+    return {
+        "python": platform.python_version(),
+        "nginx": _first_match(r"nginx/(\S+)", _run([NGINX, "-v"])),
+        "php-fpm": _first_match(r"PHP (\S+)", _run([PHP_FPM, "-v"])),
+        "wrk": _first_match(r"wrk (\S+)", _run([WRK, "-v"])),
+        **found,
+    }
+
+
+def cpu_model() -> str | None:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or None
+    return _first_match(r"model name\s*:\s*(.+)", text)
+
+
+def mem_total_mib() -> int | None:
+    try:
+        text = Path("/proc/meminfo").read_text()
+    except OSError:
+        return None
+    kib = _first_match(r"MemTotal:\s*(\d+)", text)
+    return int(kib) // 1024 if kib else None
+
+
+def git_state() -> dict[str, Any]:
+    commit = _run(["git", "-C", str(REPO), "rev-parse", "HEAD"]) or None
+    dirty = _run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"])
+    return {"commit": commit, "dirty": bool(dirty)}
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def now_utc() -> str:
+    return datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
+
+
+def host() -> dict[str, Any]:
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "mem_total_mib": mem_total_mib(),
+        "kernel": platform.release(),
+        "platform": platform.platform(),
+        "uid": os.geteuid(),
+    }
