@@ -393,3 +393,25 @@ def test_environment_bind_and_the_flag_that_overrides_it(
         assert fcgi_request(str(path)).startswith(b"pid=%d" % flagged.pid)
         code, err = stop(flagged)
     assert code == 0, err
+
+
+def test_listening_socket_passed_as_fd_0_is_used_without_bind(
+    app_dir: Path, launch: list[subprocess.Popen[str]]
+) -> None:
+    """spawn-fcgi, mod_fcgid and lighttpd's bin-path hand the listener over as stdin."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fcgi_async", "rawapp:app", "--app-dir", str(app_dir)],
+            stdin=listener.fileno(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        launch.append(proc)
+    wait_ready(proc, ("127.0.0.1", port))
+    assert fcgi_request(("127.0.0.1", port), b"fd0") == b"pid=%d body=fd0" % proc.pid
+    code, err = stop(proc)
+    assert code == 0, err
+    assert "fd 0" in err
