@@ -12,9 +12,10 @@ Multiplexing: the first request asks the server GET_VALUES on a separate short-l
 connection (php-fpm answers, then closes the connection it was asked on). With
 ``FCGI_MPXS_CONNS=1`` requests share connections up to ``max_requests_per_connection``; a
 server that never answers within ``get_values_timeout`` or does not understand the question is
-used one request per connection. ``FCGI_MAX_CONNS`` lowers ``max_connections`` and
-``FCGI_MAX_REQS`` caps requests in flight. A CANT_MPX_CONN answer turns multiplexing off for
-the pool and the request is retried once on another connection.
+used one request per connection. ``FCGI_MAX_CONNS`` lowers ``max_connections``,
+``FCGI_MAX_REQS`` caps requests in flight, and their quotient caps requests per connection.
+A CANT_MPX_CONN answer turns multiplexing off for the pool and the request is retried once on
+another connection (when its body is bytes, which can be sent twice).
 """
 
 from __future__ import annotations
@@ -285,7 +286,12 @@ class FastCGIClient:
         max_conns = _positive(values.get(FCGI_MAX_CONNS))
         if max_conns is not None:
             self._max_connections = min(self._max_connections, max_conns)
-        self._max_requests = _positive(values.get(FCGI_MAX_REQS))
+        max_reqs = self._max_requests = _positive(values.get(FCGI_MAX_REQS))
+        if max_reqs is not None and max_conns is not None:
+            # The spec gives no per-connection figure; a server spreading FCGI_MAX_REQS evenly
+            # over FCGI_MAX_CONNS (ours does) accepts this many per connection.
+            per_conn = max(1, max_reqs // max_conns)
+            self._max_requests_per_connection = min(self._max_requests_per_connection, per_conn)
         logger.debug(
             "%s: multiplex=%s max_connections=%d max_requests=%s",
             self.address,

@@ -21,6 +21,7 @@ from fcgi_async.client import (
     build_params,
     get_values,
 )
+from fcgi_async.client.connection import MAX_BUFFERED_RESPONSE_BYTES, READ_CHUNK
 from fcgi_async.protocol import RecordType, Role
 from fcgi_async.types import Request
 
@@ -442,3 +443,55 @@ async def test_body_iterable_errors_reach_the_caller() -> None:
         with pytest.raises(ValueError, match="generator failed"):
             await client.request({}, broken())
         assert (await client.request({})).body == b"never"
+
+
+async def test_get_values_limits_are_respected() -> None:
+    running = 0
+    peak = 0
+
+    async def app(request: Request) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.02)
+        running -= 1
+        await request.end(OK + b"ok")
+
+    # Advertises FCGI_MAX_CONNS=2, FCGI_MAX_REQS=4: two requests per connection.
+    async with (
+        serve(app, max_connections=2, max_requests_per_connection=2) as (_, address, _app),
+        FastCGIClient(address) as client,
+    ):
+        responses = await asyncio.gather(*(client.request({}) for _ in range(10)))
+        assert all(r.body == b"ok" for r in responses)
+        assert client.multiplexing is True
+        assert peak <= 4
+        assert len(client.connections) <= 2
+
+
+async def test_slow_reader_bounds_buffered_response() -> None:
+    sent = 0
+    piece = b"x" * 65536
+    total = 8 * 1024 * 1024
+
+    async def app(request: Request) -> None:
+        nonlocal sent
+        await request.send_stdout(OK)
+        while sent < total:
+            await request.send_stdout(piece)
+            sent += len(piece)
+        await request.end()
+
+    async with serve(app) as (_, address, _app), FastCGIClient(address) as client:
+        async with client.stream({}) as response:
+            # Wait until the server is held back by flow control (bounded loop).
+            last = -1
+            for _ in range(200):
+                await asyncio.sleep(0.01)
+                if sent == last:
+                    break
+                last = sent
+            assert sent < total
+            assert response._exchange.buffered <= MAX_BUFFERED_RESPONSE_BYTES + READ_CHUNK
+            received = sum([len(c) async for c in response.aiter_bytes()])
+        assert received == total
