@@ -385,7 +385,7 @@ class Supervisor:
         try:
             pid = os.fork()
             if pid == 0:
-                self._become_worker(slot)
+                self._become_worker(slot, blocked)
         except OSError as exc:  # EAGAIN (process limit), ENOMEM: try again later
             self.scoreboard.reset(slot, now=now)
             self._free_slots.append(slot)
@@ -400,7 +400,7 @@ class Supervisor:
         self.workers[pid] = Worker(pid, slot, generation, now)
         logger.info("started worker %d (generation %d)", pid, generation)
 
-    def _become_worker(self, slot: int) -> NoReturn:
+    def _become_worker(self, slot: int, mask: set[int | signal.Signals]) -> NoReturn:
         """In the child: reset what the parent set up, serve, and exit with a telling status."""
         code = EXIT_UNEXPECTED
         try:
@@ -409,7 +409,7 @@ class Supervisor:
                 signal.signal(sig, signal.SIG_IGN if sig in _WORKER_IGNORED else signal.SIG_DFL)
             for fd in (self._wakeup_r, self._wakeup_w):
                 os.close(fd)
-            signal.pthread_sigmask(signal.SIG_SETMASK, set())
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             sockets = _hand_over(self.sockets)
             code = _worker_main(self.config, self.load_app, sockets, self.scoreboard, slot)
         except BaseException:
