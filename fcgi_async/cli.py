@@ -199,9 +199,10 @@ def _add_worker_arguments(p: argparse.ArgumentParser, d: Config) -> None:
     """The prefork supervisor's flags (php-fpm's pm.* names where they exist)."""
     wrk = p.add_argument_group(
         "workers (a supervisor process forks workers that share the listening sockets)",
-        "--workers above 1, --pm dynamic|ondemand or --max-requests start a supervisor; "
-        "otherwise the server runs inline. Signals to the supervisor: TERM/INT/QUIT graceful "
-        "stop, HUP/USR2 graceful reload, TTIN/TTOU one worker more/less, USR1 reopen logs.",
+        "--workers above 1, --pm dynamic|ondemand or --max-requests start a supervisor;\n"
+        "otherwise the server runs inline. Signals to the supervisor: TERM/INT/QUIT graceful\n"
+        "stop, HUP/USR2 graceful reload (new workers first), TTIN/TTOU one worker more/less,\n"
+        "USR1 reopen log files.",
     )
     wrk.add_argument(
         "--workers",
