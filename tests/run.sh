@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly as CI runs it (.ci/run calls this script).
+#
+#   bash tests/run.sh                 # as root on Debian: installs what is missing, then runs
+#   bash tests/run.sh -k nginx -x     # extra arguments go to pytest
+#
+# Steps: apt packages (nginx, php-fpm, libfcgi-bin, spawn-fcgi, wrk) when missing, a .venv
+# with the project and its test extra, ruff (lint and format), mypy --strict, then pytest.
+# Needs no stdin. The tests start and stop their own nginx, php-fpm and fcgi-async processes.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+VENV="$ROOT/.venv"
+APT_PACKAGES=(nginx php8.2-fpm libfcgi-bin spawn-fcgi wrk python3-venv)
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+        || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    step "apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update </dev/null
+    apt-get install -y "${missing[@]}" </dev/null
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+    step "python3 -m venv $VENV"
+    python3 -m venv "$VENV"
+fi
+step "pip install -e '.[test]'"
+"$VENV/bin/python" -m pip install -q -e '.[test]' </dev/null
+
+step "ruff check ."
+"$VENV/bin/ruff" check .
+step "ruff format --check ."
+"$VENV/bin/ruff" format --check .
+step "mypy (strict; files from pyproject.toml)"
+"$VENV/bin/mypy"
+step ".venv/bin/python -m pytest $*"
+"$VENV/bin/python" -m pytest "$@" </dev/null
