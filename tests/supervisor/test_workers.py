@@ -150,3 +150,15 @@ def _alive(pid: int) -> bool:
             return f.read().rpartition(")")[2].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_an_app_that_cannot_load_is_a_crash_loop(app_dir: Path) -> None:
+    server = Supervised(app_dir, "--workers", "2", app="missing_module:app")
+    try:
+        assert server.wait_exit() == 1
+        log = server.log
+        assert "exit status 4 (app could not be loaded)" in log
+        assert "could not import module 'missing_module'" in log
+        assert "crash loop" in log
+    finally:
+        server.kill()
