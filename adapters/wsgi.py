@@ -40,8 +40,9 @@ __all__ = ["FileWrapper", "Readable", "WSGIAdapter"]
 #: go to the loop: large enough that the per-chunk thread hop is noise next to the copy.
 FILE_BLOCK_SIZE: Final = 64 * 1024
 
-#: A list/tuple body with several chunks is joined into the single final write up to this size;
-#: larger ones go out chunk by chunk so we never hold a second copy of a big response.
+#: A list/tuple body is joined with the header block into the single final write up to this
+#: size; a bigger one goes out buffer by buffer (from the loop, no thread hops) so we never
+#: hold a second copy of a big response.
 MAX_JOINED_BODY: Final = 1024 * 1024
 
 #: The most request body one trip from the worker thread to the loop gathers for ``wsgi.input``
@@ -561,6 +562,16 @@ class _Call:
 
 class WSGIAdapter:
     """Serve a WSGI (PEP 3333) application as a FastCGI :class:`~fcgi_async.types.Application`.
+
+    The environ holds the CGI params (latin-1 ``str``; never ``os.environ``) minus
+    HTTP_PROXY (httpoxy) and the HTTP_ copies of Content-Type/Content-Length, with SCRIPT_NAME,
+    PATH_INFO and QUERY_STRING per :func:`fcgi_async.cgi.split_path`, the PEP 3333 ``wsgi.*``
+    keys, ``FCGI_ROLE`` (``RESPONDER``/``AUTHORIZER``/``FILTER``, as flup names it) and, for
+    FILTER requests, ``fcgi.data``: the DATA stream as a second input stream.
+
+    Each request holds one of ``threads`` worker threads until its response is complete,
+    including while it waits for a slow client (WSGI has no other way to wait); requests
+    beyond that wait for a thread without blocking the event loop.
 
     Args:
         app: the WSGI application callable.

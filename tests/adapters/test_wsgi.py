@@ -16,6 +16,7 @@ from typing import Any
 from wsgiref.validate import validator
 
 import pytest
+from anyio import from_thread
 from fcgi_async.adapters.wsgi import (
     FILE_BLOCK_SIZE,
     INTERNAL_ERROR_RESPONSE,
@@ -887,7 +888,7 @@ async def test_validator_sees_close_on_disconnect() -> None:
 
     def app(environ: Environ, start_response: StartResponse) -> Iterator[bytes]:
         start_response("200 OK", [("Content-Type", "text/plain")])
-        req.disconnect()
+        from_thread.run_sync(req.disconnect)  # on the loop: asyncio is not thread-safe
         yield b"a"
         yield b"b"
 
@@ -978,7 +979,7 @@ async def test_disconnected_error_is_logged_at_debug(caplog: pytest.LogCaptureFi
     req = FakeRequest()
 
     def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
-        req.disconnect()
+        from_thread.run_sync(req.disconnect)  # on the loop: asyncio is not thread-safe
         raise RuntimeError("because the client left")
 
     await serve(app, req)
@@ -994,7 +995,7 @@ async def test_client_gone_at_end_is_quiet(caplog: pytest.LogCaptureFixture) -> 
 
     def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
         start_response("200 OK", [])
-        req.disconnect()
+        from_thread.run_sync(req.disconnect)  # on the loop: asyncio is not thread-safe
         return [b"x"]
 
     await serve(app, req)
@@ -1008,7 +1009,7 @@ async def test_write_on_gone_client_raises_client_disconnected() -> None:
 
     def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
         write = start_response("200 OK", [])
-        req.disconnect()
+        from_thread.run_sync(req.disconnect)  # on the loop: asyncio is not thread-safe
         try:
             write(b"x")
         except OSError as exc:
@@ -1336,7 +1337,7 @@ async def test_errors_stop_sending_once_the_client_is_gone(
     req = FakeRequest()
 
     def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
-        req.disconnect()
+        from_thread.run_sync(req.disconnect)  # on the loop: asyncio is not thread-safe
         environ["wsgi.errors"].write("one\n")
         environ["wsgi.errors"].write("two\n")
         environ["wsgi.errors"].write("three")
@@ -1445,7 +1446,7 @@ async def test_partial_errors_line_is_logged_even_when_the_client_left(
     def app(environ: Environ, start_response: StartResponse) -> Iterator[bytes]:
         environ["wsgi.errors"].write("last words")
         start_response("200 OK", [])
-        req.disconnect()
+        from_thread.run_sync(req.disconnect)  # on the loop: asyncio is not thread-safe
         yield b"x"
 
     await serve(app, req)
