@@ -1091,6 +1091,7 @@ async def test_exc_info_with_nothing_started_yet() -> None:
 
 async def test_thread_limiter_bounds_concurrency() -> None:
     lock = threading.Lock()
+    pair = threading.Barrier(2, timeout=5)  # two must run at once, or this times out
     active = 0
     peak = 0
 
@@ -1099,7 +1100,8 @@ async def test_thread_limiter_bounds_concurrency() -> None:
         with lock:
             active += 1
             peak = max(peak, active)
-        time.sleep(0.03)
+        pair.wait()
+        time.sleep(0.02)  # room for a third thread to show up if the limiter leaked
         with lock:
             active -= 1
         start_response("200 OK", [])
