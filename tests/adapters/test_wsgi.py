@@ -27,7 +27,8 @@ from fcgi_async.adapters.wsgi import (
 
 from fcgi_async.protocol import Role
 from fcgi_async.types import Application, ClientDisconnected
-from tests.adapters.fakes import FakeRequest
+
+from .fakes import FakeRequest
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Callable[[bytes], object]]
