@@ -37,9 +37,12 @@ class RawApp:
     def __init__(self, handler: Handler) -> None:
         self.handler = handler
         self.requests: list[Request] = []
+        #: Set when the first request reaches the application.
+        self.arrived = asyncio.Event()
 
     async def __call__(self, request: Request) -> None:
         self.requests.append(request)
+        self.arrived.set()
         await self.handler(request)
 
     async def startup(self) -> None:

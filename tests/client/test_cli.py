@@ -24,6 +24,8 @@ from fcgi_async.types import Request
 
 from .conftest import read_body, serve
 
+pytestmark = pytest.mark.timeout(30)
+
 
 async def app(request: Request) -> None:
     body = await read_body(request)

@@ -25,7 +25,7 @@ from fcgi_async.client.response import parse_head
 
 from .conftest import PhpFpm, requires_php_fpm
 
-pytestmark = [pytest.mark.phpfpm, requires_php_fpm]
+pytestmark = [pytest.mark.phpfpm, requires_php_fpm, pytest.mark.timeout(60)]
 
 
 def _transport(fpm: PhpFpm, script: str = "echo.php", **kw: Any) -> FastCGITransport:

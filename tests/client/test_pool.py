@@ -28,6 +28,8 @@ from fcgi_async.types import Request
 from .conftest import read_body, recording_proxy, serve
 from .fakes import fake_server
 
+pytestmark = pytest.mark.timeout(30)
+
 OK = b"Status: 200 OK\r\nContent-Type: text/plain\r\n\r\n"
 
 
@@ -380,11 +382,12 @@ async def test_cant_multiplex_falls_back_and_retries() -> None:
     release.clear()
     count = 0
     async with (
-        serve(app, multiplex=False) as (_, address, _app),
+        serve(app, multiplex=False) as (_, address, app_seen),
         FastCGIClient(address, multiplex=True) as client,
     ):
         first = asyncio.create_task(client.request({}))
-        await asyncio.sleep(0.05)
+        async with asyncio.timeout(5):
+            await app_seen.arrived.wait()  # the first request runs on the server
         # A streamed body cannot be sent twice: the refusal reaches the caller.
         with pytest.raises(CantMultiplex):
             await client.request({}, streamed())
@@ -399,14 +402,16 @@ async def test_rejections_are_typed() -> None:
         await release.wait()
         await request.end(OK)
 
+    # The client is told to multiplex; the server takes one request per connection.
     async with (
-        serve(app, roles=("responder",), max_requests_per_connection=1) as (_, address, _app),
-        FastCGIClient(address) as client,
+        serve(app, roles=("responder",), max_requests_per_connection=1) as (_, address, seen),
+        FastCGIClient(address, multiplex=True) as client,
     ):
         with pytest.raises(UnknownRole):
             await client.request({}, role=Role.AUTHORIZER)
         first = asyncio.create_task(client.request({}))
-        await asyncio.sleep(0.05)
+        async with asyncio.timeout(5):
+            await seen.arrived.wait()
         with pytest.raises(Overloaded):
             await client.request({})
         release.set()

@@ -12,6 +12,8 @@ from fcgi_async.types import Request
 
 from .conftest import read_body, serve
 
+pytestmark = pytest.mark.timeout(30)
+
 OK = b"Status: 200 OK\r\nContent-Type: text/plain\r\n\r\n"
 
 
