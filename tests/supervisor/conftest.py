@@ -13,15 +13,21 @@ from .helpers import Supervised
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="prefork needs os.fork")
 
 #: A raw Application: answers "<pid> <version>"; /slow sleeps, /hang blocks the event loop.
-#: The version is read from version.txt at import time, so a reload shows new code.
+#: The version is read from version.txt at import time, so a reload shows new code. A "crash"
+#: file makes its startup fail; a "use-applog" file makes it log each request to app.log.
 APP = """
-import asyncio, os, time
+import asyncio, logging, os, time
 _here = os.path.dirname(os.path.abspath(__file__))
 try:
     with open(os.path.join(_here, "version.txt")) as f:
         VERSION = f.read().strip()
 except FileNotFoundError:
     VERSION = "1"
+
+
+if os.path.exists(os.path.join(_here, "use-applog")):
+    logging.getLogger().addHandler(logging.FileHandler(os.path.join(_here, "app.log")))
+_applog = logging.getLogger("app")
 
 
 class App:
@@ -39,6 +45,7 @@ class App:
             await asyncio.sleep(float(uri.partition(b"?")[2] or 1.5))
         elif uri.startswith(b"/hang"):
             time.sleep(60)
+        _applog.warning("served by %d", os.getpid())
         body = f"{os.getpid()} {VERSION}".encode()
         await request.end(b"Status: 200 OK\\r\\nContent-Type: text/plain\\r\\n\\r\\n" + body)
 

@@ -96,14 +96,24 @@ def test_ttin_and_ttou_change_the_worker_count(supervised: Callable[..., Supervi
     assert server.get()[0] == 200
 
 
-def test_sigusr1_is_forwarded(supervised: Callable[..., Supervised]) -> None:
+def test_sigusr1_makes_workers_reopen_their_log_files(
+    supervised: Callable[..., Supervised], app_dir: Path
+) -> None:
+    (app_dir / "use-applog").touch()  # the app logs each request to app.log
     server = supervised("--workers", "2")
     server.wait_serving(workers=2)
     workers = server.workers()
+    (app_dir / "app.log").rename(app_dir / "app.log.1")  # logrotate
     server.signal(signal.SIGUSR1)
     wait_for(lambda: "SIGUSR1: reopened" in server.log)
-    assert server.workers() == workers  # workers handle it, nobody died of it
-    assert server.get()[0] == 200
+
+    def both_reopened() -> bool:
+        server.get()
+        text = (app_dir / "app.log").read_text() if (app_dir / "app.log").exists() else ""
+        return all(f"served by {pid}" in text for pid in workers)
+
+    wait_for(both_reopened, what="both workers logging to the new app.log")
+    assert server.workers() == workers
 
 
 @pytest.fixture
