@@ -416,6 +416,7 @@ class Connection:
         Raises:
             ConnectError, Timeout, ConnectionLost: connecting or writing failed.
             Unavailable: the connection closed between assignment and use (retry elsewhere).
+            ValueError: a param cannot be encoded (longer than 2**31 - 1 bytes).
         """
         try:
             await self.connect(budget)
@@ -424,10 +425,14 @@ class Connection:
             rid = self._free_id()
             ex = Exchange(self, rid, stderr_limit, on_stderr)
             ex.reused = self.served > 0
-            out: list[bytes | memoryview] = [
-                self.codec.begin_request(rid, role=role, keep_conn=True),
-                *self.codec.send_params(rid, params),
-            ]
+            try:
+                out: list[bytes | memoryview] = [
+                    self.codec.begin_request(rid, role=role, keep_conn=True),
+                    *self.codec.send_params(rid, params),
+                ]
+            except LocalProtocolError as exc:  # a param longer than FastCGI can carry
+                self.codec.forget_request(rid)
+                raise ValueError(str(exc)) from None
         except BaseException:
             self.unassign()
             self._on_change()

@@ -38,6 +38,8 @@ from ..protocol import (
     Role,
     UnknownTypeReceived,
 )
+from ..protocol.constants import MAX_REQUEST_ID
+from ..protocol.errors import LocalProtocolError
 from .address import Address, open_stream, parse_address
 from .connection import Connection, Exchange, Unavailable
 from .errors import (
@@ -140,8 +142,10 @@ class FastCGIClient:
         max_stderr_bytes: int = DEFAULT_MAX_STDERR_BYTES,
         on_stderr: Callable[[bytes], None] | None = None,
     ) -> None:
-        if max_connections < 1 or max_requests_per_connection < 1:
-            raise ValueError("max_connections and max_requests_per_connection must be >= 1")
+        if max_connections < 1 or not 1 <= max_requests_per_connection <= MAX_REQUEST_ID:
+            raise ValueError(
+                "max_connections must be >= 1 and max_requests_per_connection 1 to 65535"
+            )
         self.address = parse_address(address) if isinstance(address, str) else address
         self._max_connections = max_connections
         self._max_requests_per_connection = max_requests_per_connection
@@ -518,6 +522,11 @@ async def query_values(
         ConnectionLost: the server closed the connection without answering.
         ProtocolError: the server answered UNKNOWN_TYPE or broke the protocol.
     """
+    codec = ClientConnection()
+    try:
+        question = codec.get_values(names)
+    except LocalProtocolError as exc:
+        raise ValueError(str(exc)) from None
     try:
         async with asyncio.timeout(connect_timeout):
             reader, writer = await open_stream(address)
@@ -525,9 +534,8 @@ async def query_values(
         raise Timeout(f"connect to {address} timed out", "connect") from None
     except OSError as exc:
         raise ConnectError(f"cannot connect to {address}: {exc.strerror or exc}") from exc
-    codec = ClientConnection()
     try:
-        writer.write(codec.get_values(names))
+        writer.write(question)
         async with asyncio.timeout(answer_timeout):
             while True:
                 data = await reader.read(65536)
@@ -572,6 +580,7 @@ async def get_values(
 
     Raises:
         FastCGIError: connecting failed, no answer in time, or the answer was malformed.
+        ValueError: the names do not fit in one record.
     """
     addr = parse_address(address) if isinstance(address, str) else address
     values = await query_values(

@@ -75,7 +75,9 @@ class _Builder:
         remote_addr: str,
         remote_port: int,
         server_addr: str,
+        request_buffering: bool,
     ) -> None:
+        self.request_buffering = request_buffering
         self.script_filename = script_filename
         self.document_root = document_root
         self.split_path_info = split_path_info
@@ -84,9 +86,17 @@ class _Builder:
         self.remote_port = remote_port
         self.server_addr = server_addr
 
-    def params(self, request: httpx.Request) -> dict[str, bytes]:
+    def buffers(self, request: httpx.Request) -> bool:
+        """True when a streamed body of unknown length is read whole before sending."""
+        return self.request_buffering and "content-length" not in request.headers
+
+    def params(self, request: httpx.Request, length: int | None = None) -> dict[str, bytes]:
+        """The CGI params for ``request``; ``length`` is the size of a buffered body."""
         url = request.url
         extra = self.extra
+        if length is not None:
+            # The body was de-chunked here, as nginx does with fastcgi_request_buffering on.
+            extra = {**extra, "CONTENT_LENGTH": str(length), "HTTP_TRANSFER_ENCODING": None}
         per_request = request.extensions.get("fastcgi_params")
         if per_request:
             extra = {**extra, **per_request}
@@ -169,6 +179,10 @@ class FastCGITransport(httpx.AsyncBaseTransport):
             ``extensions={"fastcgi_params": {...}}`` adds more for that request.
         remote_addr, remote_port: the client address the application sees.
         server_addr: SERVER_ADDR.
+        request_buffering: read a streamed request body without ``Content-Length`` whole and
+            send it with CONTENT_LENGTH, as nginx does by default (php-fpm ignores a body
+            without CONTENT_LENGTH). ``False`` streams it with an empty CONTENT_LENGTH (nginx's
+            ``fastcgi_request_buffering off``), which suits servers that read STDIN to its end.
         **client_options: passed to :class:`FastCGIClient` when ``client`` is not given.
 
     The response's ``extensions["fastcgi_response"]`` is the underlying
@@ -189,6 +203,7 @@ class FastCGITransport(httpx.AsyncBaseTransport):
         remote_addr: str = "127.0.0.1",
         remote_port: int = 0,
         server_addr: str = "127.0.0.1",
+        request_buffering: bool = True,
         **client_options: Any,
     ) -> None:
         if client is None:
@@ -207,15 +222,20 @@ class FastCGITransport(httpx.AsyncBaseTransport):
             remote_addr=remote_addr,
             remote_port=remote_port,
             server_addr=server_addr,
+            request_buffering=request_buffering,
         )
 
-    async def open(self, request: httpx.Request, body: Body) -> StreamingResponse:
+    async def open(
+        self, request: httpx.Request, body: Body, length: int | None = None
+    ) -> StreamingResponse:
         """Send ``request`` with ``body``; return the FastCGI response (head read).
+
+        ``length`` is the size of a body that was buffered to learn it (CONTENT_LENGTH).
 
         Raises:
             httpx.TransportError: mapped from the client's errors.
         """
-        params = self._builder.params(request)
+        params = self._builder.params(request, length)
         timeouts = self._builder.timeouts(request, self.client.timeouts)
         try:
             return await self.client.send(params, body, timeouts=timeouts)
@@ -226,13 +246,18 @@ class FastCGITransport(httpx.AsyncBaseTransport):
         """Send an httpx request over FastCGI and return its streaming response."""
         stream = request.stream
         body: Body
+        length: int | None = None
         if isinstance(stream, httpx.ByteStream):
             body = b"".join(stream)
         elif isinstance(stream, httpx.AsyncByteStream):
-            body = stream
+            if self._builder.buffers(request):
+                body = b"".join([chunk async for chunk in stream])
+                length = len(body)
+            else:
+                body = stream
         else:
             raise RuntimeError("FastCGITransport needs an async request stream")
-        response = await self.open(request, body)
+        response = await self.open(request, body, length)
         return _response(response, _AsyncResponseStream(response, request))
 
     async def aclose(self) -> None:
@@ -307,13 +332,18 @@ class FastCGISyncTransport(httpx.BaseTransport):
         """Send an httpx request over FastCGI, blocking until the response head arrived."""
         stream = request.stream
         body: Body
+        length: int | None = None
         if isinstance(stream, httpx.ByteStream):
             body = b"".join(stream)
         elif isinstance(stream, httpx.SyncByteStream):
-            body = _iterate_in_thread(iter(stream))
+            if self._async._builder.buffers(request):
+                body = b"".join(stream)
+                length = len(body)
+            else:
+                body = _iterate_in_thread(iter(stream))
         else:
             raise RuntimeError("FastCGISyncTransport needs a sync request stream")
-        response: StreamingResponse = self._call(self._async.open(request, body))
+        response: StreamingResponse = self._call(self._async.open(request, body, length))
         return _response(response, _SyncResponseStream(self, response, request))
 
     def close(self) -> None:

@@ -106,12 +106,14 @@ async def test_exit_statuses(capsysbinary: pytest.CaptureFixture[bytes]) -> None
         assert await call([address, "/slow", "--timeout", "0.2"]) == EXIT_TIMEOUT
         assert await call([address, "/garbage"]) == EXIT_FASTCGI
         assert b"ProtocolError" in capsysbinary.readouterr().err
-        assert await call([address, "--get-values"]) == EXIT_OK
+        # docker/Dockerfile's HEALTHCHECK, options first:
+        assert await call(["--get-values", "--timeout", "2", address]) == EXIT_OK
         assert b"FCGI_MPXS_CONNS=1\n" in capsysbinary.readouterr().out
         assert await call([address, "/x", "--data-file", "/nonexistent/file"]) == EXIT_LOCAL
         assert await call([address, "/x", "-H", "no colon"]) == EXIT_LOCAL
     assert await call([address, "/x"]) == EXIT_CONNECT
     assert b"cannot connect" in capsysbinary.readouterr().err
+    assert await call(["--get-values", "--timeout", "2", address]) == EXIT_CONNECT
     assert await call(["not an address", "/"]) == EXIT_LOCAL
     assert await call([]) == EXIT_USAGE
     assert await call(["--help"]) == EXIT_OK

@@ -283,3 +283,15 @@ async def test_concurrent_requests_within_php_fpm_children(php_fpm: PhpFpm) -> N
             await task
         again = await client.request(build_params("GET", "/echo.php", document_root=root))
         assert again.status_code == 200
+
+
+async def test_chunked_body_is_buffered_for_php(php_fpm: PhpFpm) -> None:
+    async def gen() -> Any:
+        yield b"abc"
+        yield b"def"
+
+    async with httpx.AsyncClient(transport=_transport(php_fpm), base_url="http://h") as http:
+        data = (await http.post("/", content=gen())).json()
+    assert data["input"] == "abcdef"
+    assert data["server"]["CONTENT_LENGTH"] == "6"
+    assert "HTTP_TRANSFER_ENCODING" not in data["server"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -155,3 +156,18 @@ def test_sync_transport_maps_errors() -> None:
         http.get("http://h/")
     with pytest.raises(TypeError):
         FastCGISyncTransport("unix:/x", client=object())
+
+
+async def test_unbuffered_streamed_body() -> None:
+    async def gen() -> AsyncIterator[bytes]:
+        yield b"part1,"
+        yield b"part2"
+
+    async with serve(dump) as (_, address, _app):
+        for buffering, length, encoding in ((False, "", "chunked"), (True, "11", None)):
+            transport = FastCGITransport(address, request_buffering=buffering)
+            async with httpx.AsyncClient(transport=transport, base_url="http://h") as http:
+                p = _params(await http.post("/", content=gen()))
+            assert p["BODY"] == "part1,part2"
+            assert p["CONTENT_LENGTH"] == length
+            assert p.get("HTTP_TRANSFER_ENCODING") == encoding

@@ -138,3 +138,10 @@ def test_client_imports_without_httpx() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
     )
     assert "fcgi-async[client]" in result.stdout
+
+
+async def test_argument_errors_are_value_errors() -> None:
+    with pytest.raises(ValueError, match="max_requests_per_connection"):
+        client_pkg.FastCGIClient("127.0.0.1:9", max_requests_per_connection=70000)
+    with pytest.raises(ValueError, match="one record"):
+        await client_pkg.get_values("127.0.0.1:9", ["N" * 70000])
