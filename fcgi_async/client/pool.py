@@ -233,6 +233,8 @@ class FastCGIClient:
         if self._multiplex:
             logger.info("%s answered CANT_MPX_CONN: no more multiplexing", self.address)
         self._multiplex = False
+        for conn in self._connections:
+            conn.multiplex = False
 
     # --------------------------------------------------------------- acquisition
     async def _acquire(self, budget: Budget) -> Connection:

@@ -137,6 +137,8 @@ class StreamingResponse(_HeaderAccess):
 
     Close it (``async with``, :meth:`aclose`, or reading to the end): closing early aborts the
     request (ABORT_REQUEST on a multiplexed connection, otherwise the connection is closed).
+    Unread body bytes are buffered up to 1 MiB; past that the connection stops reading, which
+    holds back the server and, on a multiplexed connection, the other requests sharing it.
 
     Attributes:
         status_code: the HTTP status.

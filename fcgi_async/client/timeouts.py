@@ -66,13 +66,14 @@ class Budget:
         if seconds is None:
             yield
             return
+        configured = self.timeouts.total if which == "total" else seconds
         if seconds <= 0:
-            raise Timeout(f"{which} timeout expired", which)
+            raise Timeout(f"{which} timeout of {configured:g} s expired", which)
         cm = asyncio.timeout(seconds)
         try:
             async with cm:
                 yield
         except TimeoutError:
             if cm.expired():
-                raise Timeout(f"{which} timeout of {seconds:g} s expired", which) from None
+                raise Timeout(f"{which} timeout of {configured:g} s expired", which) from None
             raise
