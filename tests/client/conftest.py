@@ -61,10 +61,15 @@ async def read_body(request: Request) -> bytes:
 
 
 @contextlib.asynccontextmanager
-async def serve(handler: Handler, **config: Any) -> AsyncIterator[tuple[Server, str, RawApp]]:
-    """Run our Server in this loop on 127.0.0.1:0 with a raw app; yield (server, addr, app)."""
+async def serve(
+    handler: Handler, bind: str = "127.0.0.1:0", **config: Any
+) -> AsyncIterator[tuple[Server, str, RawApp]]:
+    """Run our Server in this loop (127.0.0.1:0 by default) with a raw app.
+
+    Yields ``(server, address, app)``.
+    """
     app = RawApp(handler)
-    server = Server(Config(bind=("127.0.0.1:0",), **config), app)
+    server = Server(Config(bind=(bind,), **config), app)
     await server.start()
     try:
         yield server, server.bound_addresses[0], app

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -500,3 +502,25 @@ async def test_slow_reader_bounds_buffered_response() -> None:
             assert response._exchange.buffered <= MAX_BUFFERED_RESPONSE_BYTES + READ_CHUNK
             received = sum([len(c) async for c in response.aiter_bytes()])
         assert received == total
+
+
+def _has_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("kind", ["unix", "ipv6"])
+async def test_unix_and_ipv6_addresses(kind: str, tmp_path: Path) -> None:
+    if kind == "ipv6" and not _has_ipv6():
+        pytest.skip("no IPv6 loopback here")
+    bind = f"unix:{tmp_path}/s.sock" if kind == "unix" else "[::1]:0"
+    async with serve(hello, bind=bind) as (_, address, _app):
+        assert address.startswith("unix:" if kind == "unix" else "[::1]:")
+        async with FastCGIClient(address) as client:
+            results = await asyncio.gather(*(client.request({}, b"ab") for _ in range(3)))
+            assert [r.body for r in results] == [b" 2"] * 3
+            assert client.multiplexing is True
