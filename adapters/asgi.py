@@ -92,10 +92,15 @@ __all__ = [
     "Send",
 ]
 
+#: An ASGI connection scope (``http`` or ``lifespan``).
 Scope = MutableMapping[str, Any]
+#: An ASGI event, received or sent.
 Message = MutableMapping[str, Any]
+#: The ``receive`` callable handed to the application.
 Receive = Callable[[], Awaitable[Message]]
+#: The ``send`` callable handed to the application.
 Send = Callable[[Message], Awaitable[None]]
+#: An ASGI 3 application (Starlette, FastAPI, Django's ASGIHandler, ...).
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: pathsend reads the file in blocks this large: big enough that a thread hop per block is
@@ -430,6 +435,7 @@ class _Cycle:
         return {"type": "http.disconnect"}
 
     async def _wait_done_or_disconnected(self) -> None:
+        """Return once the response is complete or the client is gone."""
         request = self.request
         if self.state == _DONE or request.disconnected:
             return
