@@ -5,13 +5,16 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from .helpers import Load, RequestFailed, Supervised, wait_for
+from .helpers import WAIT_S, Load, RequestFailed, Supervised, fcgi_get, wait_for
 
 
 def pid_of(body: bytes) -> int:
@@ -162,3 +165,36 @@ def test_an_app_that_cannot_load_is_a_crash_loop(app_dir: Path) -> None:
         assert "crash loop" in log
     finally:
         server.kill()
+
+
+def test_workers_serve_a_listening_socket_passed_as_fd0(app_dir: Path) -> None:
+    """spawn-fcgi / mod_fcgid style: no --bind, the listening socket is stdin."""
+    address = str(app_dir / "fd0.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(address)
+    listener.listen(16)
+    argv = [sys.executable, "-m", "fcgi_async", "app:app", "--app-dir", str(app_dir)]
+    with open(app_dir / "server.log", "wb") as log:
+        proc = subprocess.Popen(
+            [*argv, "--workers", "2"],
+            stdin=listener,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    listener.close()
+    try:
+        seen: set[int] = set()
+
+        def both_answer() -> bool:
+            status, body = fcgi_get(address)
+            assert status == 200
+            seen.add(pid_of(body))
+            return len(seen) == 2
+
+        wait_for(both_answer, what="answers from both workers on fd 0")
+        assert "using the listening socket passed as fd 0" in (app_dir / "server.log").read_text()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(WAIT_S)
