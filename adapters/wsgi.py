@@ -62,6 +62,7 @@ INTERNAL_ERROR_RESPONSE: Final = (
     b"Internal Server Error"
 )
 
+#: The ``exc_info`` argument of ``start_response`` (what ``sys.exc_info()`` returns).
 ExcInfo: TypeAlias = (
     tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
 )
