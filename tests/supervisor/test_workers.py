@@ -177,7 +177,7 @@ def test_workers_serve_a_listening_socket_passed_as_fd0(app_dir: Path) -> None:
     with open(app_dir / "server.log", "wb") as log:
         proc = subprocess.Popen(
             [*argv, "--workers", "2"],
-            stdin=listener,
+            stdin=listener.fileno(),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
