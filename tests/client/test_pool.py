@@ -524,3 +524,21 @@ async def test_unix_and_ipv6_addresses(kind: str, tmp_path: Path) -> None:
             results = await asyncio.gather(*(client.request({}, b"ab") for _ in range(3)))
             assert [r.body for r in results] == [b" 2"] * 3
             assert client.multiplexing is True
+
+
+async def test_pointing_at_an_http_server_is_a_protocol_error() -> None:
+    async def http_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        writer.close()
+
+    srv = await asyncio.start_server(http_server, "127.0.0.1", 0)
+    address = f"127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+    try:
+        async with FastCGIClient(address) as client:
+            with pytest.raises(ProtocolError, match="version"):
+                await client.request({})
+            assert client.multiplexing is False
+    finally:
+        srv.close()
+        await srv.wait_closed()

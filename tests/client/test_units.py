@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 
@@ -121,8 +122,11 @@ def test_build_params_without_root_and_split() -> None:
 def test_public_surface_is_documented() -> None:
     for name in client_pkg.__all__:
         obj = getattr(client_pkg, name)
-        if callable(obj) and not isinstance(obj, type(int | str)):
-            assert getattr(obj, "__doc__", None), name
+        if inspect.isclass(obj) or inspect.isfunction(obj):
+            assert inspect.getdoc(obj), name
+            for attr, member in vars(obj).items() if inspect.isclass(obj) else ():
+                if not attr.startswith("_") and inspect.isfunction(member):
+                    assert inspect.getdoc(member), f"{name}.{attr}"
 
 
 def test_client_imports_without_httpx() -> None:
