@@ -135,7 +135,8 @@ def fcgi_request(address: str | tuple[str, int], body: bytes = b"") -> bytes:
         frames += [*client.send_stdin(1, body), client.end_stdin(1)]
         s.sendall(b"".join(bytes(f) for f in frames))
         stdout = b""
-        while True:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
             data = s.recv(65536)
             assert data, "EOF before END_REQUEST"
             client.receive_data(data)
@@ -145,6 +146,7 @@ def fcgi_request(address: str | tuple[str, int], body: bytes = b"") -> bytes:
                 elif isinstance(event, RequestEnded):
                     assert event.protocol_status == ProtocolStatus.REQUEST_COMPLETE
                     return stdout.partition(b"\r\n\r\n")[2]
+    raise AssertionError("no END_REQUEST within 10 s")
 
 
 @pytest.fixture
@@ -350,7 +352,8 @@ def test_sigterm_lets_the_running_request_finish(
             time.sleep(0.01)
         proc.send_signal(signal.SIGTERM)
         raw = b""
-        while data := s.recv(65536):
+        deadline = time.monotonic() + 10
+        while (data := s.recv(65536)) and time.monotonic() < deadline:
             raw += data
     client.receive_data(raw)
     events = []
