@@ -350,7 +350,14 @@ def _build_head(status: str, headers: list[tuple[str, str]]) -> tuple[bytes, int
     """
     if type(status) is not str:
         raise TypeError(f"status must be str, not {type(status).__name__}")
-    if not (len(status) >= 3 and status[:3].isdigit() and (len(status) == 3 or status[3] == " ")):
+    code = status[:3]
+    if not (
+        len(code) == 3
+        and code.isascii()
+        and code.isdigit()
+        and code[0] != "0"
+        and (len(status) == 3 or status[3] == " ")
+    ):
         raise ValueError(f"malformed status {status[:100]!r}")
     lines = ["Status: ", status, "\r\n"]
     append = lines.append

@@ -647,6 +647,9 @@ async def test_start_response_inside_generator() -> None:
         ("200 OK", [("X-Uni", "\u2028evil")]),
         ("OK 200", []),
         ("2000 evil", []),
+        ("2\u00b20 evil", []),
+        ("099 evil", []),
+        ("20", []),
     ],
 )
 async def test_unsafe_status_or_header_is_a_500(
@@ -1071,6 +1074,11 @@ async def test_exc_info_after_headers_sent_reraises(caplog: pytest.LogCaptureFix
     assert req.failed
     assert req.parsed() == (200, [("Content-Type", "text/plain")], b"started")
     assert "mid-stream" in caplog.text
+
+
+async def test_status_without_reason_phrase() -> None:
+    req = await serve(_with_status("204", []))
+    assert req.output.startswith(b"Status: 204\r\n")
 
 
 async def test_exc_info_with_nothing_started_yet() -> None:
