@@ -34,6 +34,7 @@ from harness.load import (
     SCENARIOS_BY_NAME,
     WRK,
     Scenario,
+    applies,
     lua_script,
     probe_fairness,
     run_wrk,
@@ -275,12 +276,15 @@ def run(args: argparse.Namespace, help_text: str, procs: ProcessSet, tmp: Path) 
         else:
             print(f"  {st.name}: not available: {why}", file=sys.stderr)
     for sc in scenarios:
-        results["scenario_stacks"][sc.name] = [s.name for s in stacks if sc.family in s.families]
+        results["scenario_stacks"][sc.name] = [
+            s.name for s in stacks if applies(sc, s.families, s.server)
+        ]
 
     families = [f for f in FAMILY_ORDER if any(sc.family == f for sc in scenarios)]
     memory_stacks = _memory_stacks(available) if not args.no_memory else []
     total = sum(
-        args.runs * sum(1 for st in available if sc.family in st.families) for sc in scenarios
+        args.runs * sum(1 for st in available if applies(sc, st.families, st.server))
+        for sc in scenarios
     ) + len(memory_stacks)
     progress = Progress(total)
     scripts = tmp / "lua"
@@ -297,7 +301,8 @@ def run(args: argparse.Namespace, help_text: str, procs: ProcessSet, tmp: Path) 
         if why_family is not None:
             for sc in fam_scenarios:
                 for st in fam_stacks:
-                    _fail(results, sc, st, why_family, progress, args.runs)
+                    if applies(sc, st.families, st.server):
+                        _fail(results, sc, st, why_family, progress, args.runs)
             continue
         _run_family(args, results, progress, procs, tmp, family, fam_scenarios, fam_stacks)
 
@@ -349,11 +354,14 @@ def _run_family(
             except StartError as exc:
                 Progress.note(f"{st.name}: did not start: {exc}")
                 for sc in scenarios:
-                    _fail(results, sc, st, f"did not start: {exc}", progress, args.runs)
+                    if applies(sc, st.families, st.server):
+                        _fail(results, sc, st, f"did not start: {exc}", progress, args.runs)
         usable: dict[str, list[Instance]] = {}
         for sc in scenarios:
             usable[sc.name] = []
             for name, inst in instances.items():
+                if not applies(sc, inst.stack.families, inst.stack.server):
+                    continue
                 why = verify(inst.port, sc)
                 if why is None:
                     usable[sc.name].append(inst)
@@ -514,7 +522,7 @@ def _measure_memory(
                     "--count",
                     str(IDLE_CONNS),
                     "--timeout",
-                    "60",
+                    "30",
                     "--hold",
                     "120",
                 ],
@@ -524,7 +532,7 @@ def _measure_memory(
                 text=True,
                 start_new_session=True,
             )
-            line = _readline_deadline(holder, 90.0)
+            line = _readline_deadline(holder, 60.0)
             out["holder"] = line
             if line.startswith("READY"):
                 fields = dict(f.split("=", 1) for f in line.split()[1:3])
@@ -534,6 +542,11 @@ def _measure_memory(
                 out["conns_1000_mib"] = _mib(max((r for r in rss if r), default=None))
                 if out["conns_held"] != IDLE_CONNS:
                     out["note"] = f"only {out['conns_held']} of {IDLE_CONNS} connections held"
+                elif len(pids) > 1:
+                    out["note"] = (
+                        f"the {IDLE_CONNS} connections are shared by {len(pids)} "
+                        "workers; the largest worker is shown"
+                    )
             else:
                 out["note"] = f"holder failed: {line!r}"
     except (RuntimeError, OSError, ValueError) as exc:

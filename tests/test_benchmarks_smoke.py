@@ -93,6 +93,6 @@ def test_harness_tiny_run(tmp_path: Path) -> None:
 
     md = (tmp_path / "results.md").read_text()
     assert "## hello-32" in md
-    assert "| stack | req/s (median) |" in md
+    assert "| stack | ok req/s (median) |" in md
     assert "## Memory" in md
     assert "## Targets" in md

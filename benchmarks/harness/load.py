@@ -79,6 +79,16 @@ SCENARIOS: tuple[Scenario, ...] = (
 )
 SCENARIOS_BY_NAME = {s.name: s for s in SCENARIOS}
 
+
+def applies(scenario: Scenario, families: tuple[str, ...], server: str) -> bool:
+    """Whether a stack serving ``families`` with ``server`` takes part in ``scenario``."""
+    if scenario.family not in families:
+        return False
+    # nginx alone has no app to read an upload: `return` answers before the body is read and
+    # nginx then discards it, which measures nothing comparable.
+    return not (server == "nginx" and scenario.method == "POST")
+
+
 _DONE_LUA = r"""
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -265,7 +275,10 @@ def run_wrk(
         raise RuntimeError(f"wrk exited {proc.returncode}: {(err or out).strip()[-500:]}")
     data: dict[str, Any] = json.loads(line[len("WRKJSON ") :])
     seconds = data["duration_us"] / 1e6
-    data["rps"] = data["requests"] / seconds if seconds > 0 else 0.0
+    # Only 2xx/3xx answers count: a server answering 502 quickly must not look fast.
+    ok = data["requests"] - data["errors"]["status"]
+    data["rps"] = ok / seconds if seconds > 0 else 0.0
+    data["rps_all_answers"] = data["requests"] / seconds if seconds > 0 else 0.0
     dist = parse_latency_distribution(out)
     data["latency_source"] = "wrk --latency" if dist else "lua"
     if dist:

@@ -53,16 +53,27 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
                 "requests": sum(r["requests"] for r in runs.values()),
                 "ratio_vs": {},
             }
+            notes: list[str] = []
             if failure is not None:
-                rows[stack]["note"] = failure
+                notes.append(failure)
+            logged = [
+                r["nginx_error_log_tail"] for r in runs.values() if r.get("nginx_error_log_tail")
+            ]
+            if logged:
+                line = logged[0].strip().splitlines()[-1]
+                # Keep the message, drop nginx's timestamp/pid prefix and the request details.
+                line = line.split("] ", 1)[-1].split(", client:", 1)[0]
+                notes.append(f"errors; nginx logged: {line}")
             fair = results.get("fairness", {}).get(scenario, {}).get(stack)
             if fair is not None and fair["answered"] < fair["connections"]:
                 rows[stack]["starved"] = fair["connections"] - fair["answered"]
-                rows[stack]["note"] = (
+                notes.append(
                     f"{fair['connections'] - fair['answered']} of {fair['connections']} concurrent "
                     f"clients got no answer within {fair['timeout_s']:.0f} s (starved); req/s "
                     "counts only the clients served"
                 )
+            if notes:
+                rows[stack]["note"] = "; ".join(notes)
         for ref in REFERENCES:
             ref_runs = by_key.get((scenario, ref))
             if not ref_runs:
@@ -232,7 +243,7 @@ def markdown(results: dict[str, Any]) -> str:
         sc = results["scenarios"][scenario]
         refs = [r for r in REFERENCES if any(r in row.get("ratio_vs", {}) for row in rows.values())]
         lines += [f"## {scenario}: {sc['description']}", ""]
-        head = "| stack | req/s (median) | min-max | p50 ms | p99 ms | errors |"
+        head = "| stack | ok req/s (median) | min-max | p50 ms | p99 ms | errors |"
         sep = "|---|---:|---:|---:|---:|---:|"
         for ref in refs:
             head += f" ÷ {ref} |"
@@ -351,10 +362,17 @@ def chart(results: dict[str, Any], path: Path) -> str | None:
         lo = [rows[n]["rps_median"] - rows[n]["rps_min"] for n in names]
         hi = [rows[n]["rps_max"] - rows[n]["rps_median"] for n in names]
         ypos = list(range(len(names)))
-        ax.barh(ypos, vals, xerr=[lo, hi], color=[color(n) for n in names], capsize=2)
-        ax.set_yticks(ypos, names, fontsize=8)
+        bars = ax.barh(ypos, vals, xerr=[lo, hi], color=[color(n) for n in names], capsize=2)
+        labels = []
+        for bar, n in zip(bars, names, strict=True):
+            flaw = "starved" if rows[n].get("starved") else ("errors" if rows[n]["errors"] else "")
+            if flaw:  # not a valid result: faded and hatched, and said so in the label
+                bar.set_alpha(0.35)
+                bar.set_hatch("///")
+            labels.append(f"{n} ({flaw})" if flaw else n)
+        ax.set_yticks(ypos, labels, fontsize=8)
         ax.invert_yaxis()
-        ax.set_title(f"{scenario} — req/s (median, min-max)", fontsize=9)
+        ax.set_title(f"{scenario} — ok req/s (median, min-max)", fontsize=9)
         ax.tick_params(axis="x", labelsize=8)
         for y, val in zip(ypos, vals, strict=True):
             ax.text(val, y, f" {val:,.0f}", va="center", fontsize=7)

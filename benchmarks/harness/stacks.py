@@ -238,7 +238,6 @@ def nginx_config(stack: Stack, tmp: Path, port: int, backend_sock: Path | None) 
         static = tmp / "static"
         locations = f"""\
         location = /1mib {{ alias {static}/1mib; }}
-        location = /upload {{ return 200 "10485760"; }}
         location / {{ return 200 "Hello, world!"; }}
 """
     elif stack.server == "php-fpm":
