@@ -794,6 +794,12 @@ async def _serve_worker(
     try:
         await stop.wait()
         board.set_state(slot, WorkerState.DRAINING)
+        logger.info(
+            "worker %d: draining after %d request(s), %d running",
+            os.getpid(),
+            state.total_requests,
+            state.active_requests,
+        )
         await server.stop_listening()
         await _first_request_grace(state)
     finally:
