@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="permissions of unix sockets we create, e.g. 660 (default: umask)",
     )
     srv.add_argument("--backlog", type=int, default=d.backlog, help="listen backlog (%(default)s)")
+    srv.add_argument(
+        "--allowed-clients",
+        metavar="ADDRS",
+        help="comma-separated IPs or networks allowed to connect over TCP; others are "
+        "closed at once (default: FCGI_WEB_SERVER_ADDRS if set, else everyone)",
+    )
     app = p.add_argument_group("application")
     app.add_argument(
         "--interface",
@@ -348,6 +354,9 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> argparse.Name
     for dest, value in late.items():
         if getattr(args, dest) is None:
             setattr(args, dest, value)
+    if args.allowed_clients is None:
+        # The variable every FastCGI library honours (libfcgi, flup, mod_fcgid's docs).
+        args.allowed_clients = environ.get("FCGI_WEB_SERVER_ADDRS")
     return args
 
 
@@ -376,6 +385,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         graceful_timeout_s=args.graceful_timeout,
         backlog=args.backlog,
         socket_mode=args.socket_mode,
+        allowed_clients=tuple(
+            a.strip() for a in (args.allowed_clients or "").split(",") if a.strip()
+        ),
         log_level=args.log_level,
         workers=args.workers,
         pm=args.pm,

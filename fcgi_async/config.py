@@ -8,6 +8,7 @@ never configures logging or exits the process.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -78,6 +79,10 @@ class Config:
     graceful_timeout_s: float = DEFAULT_GRACEFUL_TIMEOUT_S
     backlog: int = DEFAULT_BACKLOG
     socket_mode: int | None = None
+    #: Who may connect over TCP (FCGI_WEB_SERVER_ADDRS, php-fpm's listen.allowed_clients):
+    #: IP addresses or networks; empty means whoever can reach the socket. Unix sockets are
+    #: guarded by their file mode instead.
+    allowed_clients: tuple[str, ...] = ()
     log_level: str = "info"
     workers: int = 1
     pm: ProcessManager = "static"
@@ -131,6 +136,13 @@ class Config:
                 raise ConfigError(f"unknown role {role!r}: choose from {', '.join(_ROLE_NAMES)}")
         if self.socket_mode is not None and not 0 <= self.socket_mode <= 0o777:
             raise ConfigError(f"socket_mode must be between 000 and 777, got {self.socket_mode:o}")
+        for client in self.allowed_clients:
+            try:
+                ipaddress.ip_network(client, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"allowed_clients: {client!r} is not an IP address or network"
+                ) from None
         self._check_process_manager()
 
     def _check_process_manager(self) -> None:
@@ -174,6 +186,11 @@ class Config:
             max_params_pairs=self.max_params_pairs,
             max_requests_per_connection=self.max_requests_per_connection,
         )
+
+    @property
+    def allowed_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """``allowed_clients`` parsed; empty when every client is allowed."""
+        return tuple(ipaddress.ip_network(c, strict=False) for c in self.allowed_clients)
 
     @property
     def served_roles(self) -> tuple[Role, ...]:

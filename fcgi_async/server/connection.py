@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 from collections import deque
@@ -297,6 +298,14 @@ class FastCGIProtocol(asyncio.Protocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.idle_since = self.loop.time()
+        if state.allowed_networks and not _peer_allowed(transport, state.allowed_networks):
+            logger.warning(
+                "refusing connection from %s: not an allowed client (--allowed-clients)",
+                self.peer,
+            )
+            self.closed = True
+            self.transport.abort()
+            return
         if not state.connection_opened(self):
             logger.warning(
                 "refusing connection from %s: %d connections open (--max-connections)",
@@ -599,6 +608,23 @@ class FastCGIProtocol(asyncio.Protocol):
             handle._disconnect()
         self.closed = True
         self.transport.abort()
+
+
+def _peer_allowed(
+    transport: asyncio.BaseTransport,
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
+) -> bool:
+    """True when the peer is a unix socket or its IP is in one of ``networks``."""
+    peer: Any = transport.get_extra_info("peername")
+    if not (isinstance(peer, tuple) and len(peer) >= 2):
+        return True  # unix socket: its file mode decides who connects
+    try:
+        ip = ipaddress.ip_address(str(peer[0]).partition("%")[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # a dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d
+    return any(ip in net for net in networks)
 
 
 def _peer_name(transport: asyncio.BaseTransport) -> str:

@@ -30,6 +30,8 @@ class ServerState:
         self.loop = loop
         self.limits: Limits = config.limits
         self.roles: tuple[Role, ...] = config.served_roles
+        #: TCP peers outside these networks are refused (empty: everyone is allowed).
+        self.allowed_networks = config.allowed_networks
         self.connections: set[FastCGIProtocol] = set()
         self.accepting = True
         #: Application tasks still running (a request ends when its task does).

@@ -227,6 +227,7 @@ def test_bad_environment_variables_are_usage_errors(
         (["app:app", "--threads", "0"], "threads must be a whole number of at least 1"),
         (["app:app", "--roles", "responder,janitor"], "unknown role 'janitor'"),
         (["app:app", "--keepalive-timeout", "0"], "keepalive_timeout_s must be a number"),
+        (["app:app", "--allowed-clients", "10.0.0.1,nginx"], "'nginx' is not an IP address"),
     ],
 )
 def test_config_errors_return_1_with_one_line(
@@ -263,6 +264,18 @@ def test_flags_override_environment_over_defaults() -> None:
     assert config_from_args(parse_args(["app:app", "--no-multiplex"], {})).multiplex is False
     env_no_mpx = config_from_args(parse_args(["app:app"], {"FCGI_ASYNC_NO_MULTIPLEX": "yes"}))
     assert env_no_mpx.multiplex is False
+
+
+def test_allowed_clients_from_flag_env_or_fcgi_web_server_addrs() -> None:
+    def allowed(argv: list[str], env: dict[str, str]) -> tuple[str, ...]:
+        return config_from_args(parse_args(["app:app", *argv], env)).allowed_clients
+
+    fcgi = {"FCGI_WEB_SERVER_ADDRS": "127.0.0.1, 10.0.0.2"}
+    assert allowed([], {}) == ()
+    assert allowed([], fcgi) == ("127.0.0.1", "10.0.0.2")
+    ours = {**fcgi, "FCGI_ASYNC_ALLOWED_CLIENTS": "192.168.0.0/24"}
+    assert allowed([], ours) == ("192.168.0.0/24",)
+    assert allowed(["--allowed-clients", "::1"], ours) == ("::1",)
 
 
 # ----------------------------------------------------------------------- subprocess

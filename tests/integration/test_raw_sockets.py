@@ -675,6 +675,17 @@ async def test_ipv6_loopback(servers: Servers, peers: list[Peer]) -> None:
     assert (await peer.request({b"TAG": b"v6"})).body == b"v6:"
 
 
+async def test_allowed_clients_close_other_peers_at_once(
+    servers: Servers, peers: list[Peer]
+) -> None:
+    refusing = await servers.start(App(echo), allowed_clients=("127.0.0.2", "::1"))
+    outsider = await connect(refusing, peers)
+    assert await outsider.eof() == b""
+    welcoming = await servers.start(App(echo), allowed_clients=("127.0.0.0/8",))
+    insider = await connect(welcoming, peers)
+    assert (await insider.request({b"TAG": b"in"})).body == b"in:"
+
+
 async def test_max_connections_refuses_extra_connections(
     servers: Servers, peers: list[Peer]
 ) -> None:

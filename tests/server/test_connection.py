@@ -598,6 +598,31 @@ async def test_max_connections_refuses_the_next_connection() -> None:
     assert h.state.connections == {third}
 
 
+@pytest.mark.parametrize(
+    ("peer", "allowed"),
+    [
+        (("127.0.0.1", 5), True),
+        (("10.1.2.3", 5), True),
+        (("10.2.0.1", 5), False),
+        (("::ffff:127.0.0.1", 5, 0, 0), True),
+        (("::1", 5, 0, 0), False),
+        (("fe80::1%eth0", 5, 0, 2), False),
+        (("2001:db8::7", 5, 0, 0), True),
+        ("", True),  # a unix socket: its file mode decides
+    ],
+)
+async def test_allowed_clients_refuse_other_tcp_peers(peer: object, allowed: bool) -> None:
+    config = Config(allowed_clients=("127.0.0.1", "10.1.0.0/16", "2001:db8::/32"))
+    state = ServerState(config, App(_never), asyncio.get_running_loop())
+    proto = FastCGIProtocol(state)
+    transport = FakeTransport(proto, peername=peer)
+    proto.connection_made(transport)
+    assert transport.aborted is not allowed
+    assert (proto in state.connections) is allowed
+    await settle()
+    assert proto not in state.connections or allowed
+
+
 @pytest.mark.parametrize("multiplex", [True, False])
 async def test_get_values_are_true_to_the_config(multiplex: bool) -> None:
     config = Config(max_connections=7, max_requests_per_connection=5, multiplex=multiplex)
