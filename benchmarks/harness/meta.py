@@ -8,7 +8,6 @@ import platform
 import re
 import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +28,6 @@ def _run(argv: list[str]) -> str:
 def _first_match(pattern: str, text: str) -> str | None:
     m = re.search(pattern, text)
     return m.group(1) if m else None
-
-
-def _dist(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def versions() -> dict[str, str | None]:
@@ -82,9 +74,13 @@ def mem_total_mib() -> int | None:
 
 
 def git_state() -> dict[str, Any]:
+    """The commit measured, and which server files differed from it (uncommitted work)."""
     commit = _run(["git", "-C", str(REPO), "rev-parse", "HEAD"]) or None
-    dirty = _run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"])
-    return {"commit": commit, "dirty": bool(dirty)}
+    paths = ["--", "fcgi_async", "adapters"]
+    modified = _run(["git", "-C", str(REPO), "diff", "--name-only", "HEAD", *paths])
+    untracked = _run(["git", "-C", str(REPO), "ls-files", "--others", "--exclude-standard", *paths])
+    changed = sorted({ln for ln in (modified + "\n" + untracked).splitlines() if ln.strip()})
+    return {"commit": commit, "dirty": bool(changed), "uncommitted_server_files": changed}
 
 
 def loadavg() -> list[float]:

@@ -231,7 +231,12 @@ def markdown(results: dict[str, Any]) -> str:
         "stacks alternated A B A B",
         "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
         f"- fcgi-async commit: {meta['git']['commit']}"
-        + (" (working tree had uncommitted changes)" if meta["git"]["dirty"] else ""),
+        + (
+            " plus uncommitted changes to "
+            + ", ".join(meta["git"].get("uncommitted_server_files") or ["the server"])
+            if meta["git"]["dirty"]
+            else ""
+        ),
         "",
         "Ratios are req/s of the row ÷ req/s of the fcgi-async reference measured in the same "
         "cycle (median of the per-cycle ratios), so fcgi-async is 1.00x and a row above 1.00x is "
