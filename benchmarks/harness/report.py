@@ -393,13 +393,15 @@ def chart(results: dict[str, Any], path: Path) -> str | None:
         width = 0.27
         for k, (key, label) in enumerate(kinds):
             vals = [mem[n].get(key) or 0 for n in names]
-            ax.barh(
-                [i + (k - 1) * width for i in range(len(names))], vals, height=width, label=label
-            )
+            ys = [i + (k - 1) * width for i in range(len(names))]
+            ax.barh(ys, vals, height=width, label=label)
+            for y, val in zip(ys, vals, strict=True):
+                if val:
+                    ax.text(val, y, f" {val:.0f}", va="center", fontsize=6)
         ax.set_yticks(range(len(names)), names, fontsize=8)
         ax.invert_yaxis()
         ax.set_title("RSS of one worker, MiB", fontsize=9)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3)
         ax.tick_params(axis="x", labelsize=8)
         used += 1
     for ax in flat[used:]:
