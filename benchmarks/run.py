@@ -141,6 +141,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="keep the temporary directory (configs, logs) and print its path",
     )
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        metavar="LOAD",
+        help="first wait until the 1-minute load average is below LOAD "
+        "(at most --wait-quiet-max seconds, then run anyway)",
+    )
+    p.add_argument(
+        "--wait-quiet-max",
+        type=float,
+        default=1800.0,
+        metavar="S",
+        help="longest wait for --wait-quiet (%(default)s s)",
+    )
     p.add_argument("--list", action="store_true", help="list stacks and scenarios, then exit")
     args = p.parse_args(argv)
     args.duration = args.duration or (2.0 if args.quick else 5.0)
@@ -163,6 +177,28 @@ def _list(help_text: str) -> int:
     for sc in SCENARIOS:
         print(f"  {sc.name:16s} {sc.description}")
     return 0
+
+
+def _wait_quiet(threshold: float, max_s: float) -> None:
+    """Wait until the 1-minute load average drops below ``threshold`` (bounded by ``max_s``)."""
+    deadline = time.monotonic() + max_s
+    while True:
+        load = meta_mod.loadavg()
+        if load[0] < threshold:
+            print(f"load average {load}: quiet enough (< {threshold})", file=sys.stderr)
+            return
+        if time.monotonic() > deadline:
+            print(
+                f"load average {load} still >= {threshold} after {max_s:.0f} s; running anyway",
+                file=sys.stderr,
+            )
+            return
+        print(
+            f"waiting for a quiet machine: load average {load} (want < {threshold})",
+            file=sys.stderr,
+            flush=True,
+        )
+        time.sleep(15)
 
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
@@ -217,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, help_text: str, procs: ProcessSet, tmp: Path) -> dict[str, Any]:
     stacks = [STACKS_BY_NAME[n] for n in args.stack_names]
     scenarios = [SCENARIOS_BY_NAME[n] for n in args.scenario_names]
+    if args.wait_quiet is not None:
+        _wait_quiet(args.wait_quiet, args.wait_quiet_max)
     load_start = meta_mod.loadavg()
     print(
         f"load average {load_start} on {meta_mod.host()['cpu_count']} CPUs"
