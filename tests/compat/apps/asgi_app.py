@@ -67,6 +67,7 @@ def _header(scope: Scope, name: bytes) -> str:
 
 
 async def app(scope: Scope, receive: Any, send: Any) -> None:
+    global _inflight
     if scope["type"] == "lifespan":
         while True:
             message = await receive()
@@ -119,11 +120,11 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
         await _body(send, b"last\n")
     elif path == "/big":
         mib = int(query.get("mib", ["1"])[0])
-        length = str(mib * MIB).encode()
+        size = str(mib * MIB).encode()
         await _start(
             send,
             200,
-            [(b"content-type", b"application/octet-stream"), (b"content-length", length), nobuf],
+            [(b"content-type", b"application/octet-stream"), (b"content-length", size), nobuf],
         )
         for _ in range(mib * MIB // CHUNK):
             await _body(send, PATTERN, more=True)
@@ -171,7 +172,6 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
         await _body(send, b"partial response\n" * 64, more=True)
         raise RuntimeError("boom after the response started")
     elif path == "/slow":
-        global _inflight
         _inflight += 1
         try:
             await _start(send, 200, [(b"content-type", b"text/plain"), nobuf])

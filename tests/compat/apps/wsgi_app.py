@@ -28,7 +28,9 @@ _lock = threading.Lock()
 _inflight = 0
 
 
-def _text(start_response: StartResponse, status: str, body: bytes, *extra: tuple[str, str]):
+def _text(
+    start_response: StartResponse, status: str, body: bytes, *extra: tuple[str, str]
+) -> list[bytes]:
     headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
     start_response(status, headers + list(extra))
     return [body]
