@@ -8,6 +8,7 @@ flags > environment > defaults.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -425,12 +426,28 @@ def load_application(config: Config) -> Application:
     if interface == "auto":
         interface = "asgi" if looks_like_asgi(obj) else "wsgi"
     if interface == "asgi":
-        from .adapters.asgi import ASGIAdapter
+        asgi = _adapter("asgi", "ASGIAdapter")
+        return asgi(obj, lifespan=config.lifespan, root_path=config.root_path)
+    wsgi = _adapter("wsgi", "WSGIAdapter")
+    return wsgi(
+        obj,
+        threads=config.threads,
+        root_path=config.root_path,
+        multiprocess=config.supervised,
+    )
 
-        return ASGIAdapter(obj, lifespan=config.lifespan, root_path=config.root_path)
-    from .adapters.wsgi import WSGIAdapter
 
-    return WSGIAdapter(obj, threads=config.threads, root_path=config.root_path)
+def _adapter(module: str, name: str) -> Callable[..., Application]:
+    """Import an adapter class by name.
+
+    The adapters live in the top-level ``adapters/`` folder, installed as
+    ``fcgi_async.adapters`` through a package-dir mapping that mypy cannot follow; importing
+    them by name keeps the core's type check independent of that layout.
+    """
+    factory: Callable[..., Application] = getattr(
+        importlib.import_module(f"fcgi_async.adapters.{module}"), name
+    )
+    return factory
 
 
 def configure_logging(level: str) -> None:
