@@ -7,7 +7,9 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from ..config import Config
 from ..protocol import FCGI_MAX_CONNS, FCGI_MAX_REQS, FCGI_MPXS_CONNS, Limits, Role
@@ -19,6 +21,18 @@ logger = logging.getLogger("fcgi_async.server")
 
 #: How often the ticker looks for idle and stalled connections, in seconds.
 TICK_INTERVAL_S = 1.0
+
+
+def _unix_server_options(loop: asyncio.AbstractEventLoop) -> dict[str, Any]:
+    """Keep asyncio (3.13+) from unlinking a unix socket's file when its server closes.
+
+    The file is removed by whoever bound it (:func:`close_listeners`); a draining prefork
+    worker must leave the path its siblings still listen on. uvloop neither unlinks nor
+    takes the argument.
+    """
+    if sys.version_info >= (3, 13) and isinstance(loop, asyncio.BaseEventLoop):
+        return {"cleanup_socket": False}
+    return {}
 
 
 class ServerState:
@@ -173,7 +187,10 @@ class Server:
             for sock in self._sockets:
                 if sock.family == socket.AF_UNIX:
                     srv = await loop.create_unix_server(
-                        lambda: FastCGIProtocol(state), sock=sock, backlog=self.config.backlog
+                        lambda: FastCGIProtocol(state),
+                        sock=sock,
+                        backlog=self.config.backlog,
+                        **_unix_server_options(loop),
                     )
                 else:
                     srv = await loop.create_server(

@@ -36,6 +36,7 @@ def test_reload_under_load_loses_no_request(
         wait_for(lambda: load.count() >= switched + 30, what="load after the reload")
     assert load.failures == []
     assert len(server.workers()) == 2
+    assert os.path.exists(server.address)  # draining workers leave the shared socket file
     after = load.bodies_since(switched)
     assert {version_of(b) for b in after} == {"2"}
     assert "reload done" in server.log
