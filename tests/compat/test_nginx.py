@@ -220,6 +220,15 @@ def test_prefix_mount(client: httpx.Client, raw: str, path_info: str | None) -> 
     assert data["request_uri"] == raw
 
 
+def test_proxy_header_never_reaches_the_app(client: httpx.Client) -> None:
+    # httpoxy: nginx turns a "Proxy:" request header into the HTTP_PROXY param.
+    response = client.get("/echo-path/x", headers={"Proxy": "http://evil.invalid:3128"})
+    assert response.status_code == 200
+    data = response.json()
+    assert data["http_proxy"] is None
+    assert data["os_environ_proxy"] is None
+
+
 def test_5000_requests_over_upstream_keepalive(stack: Stack) -> None:
     total, workers = 5000, 4
     errors: list[str] = []

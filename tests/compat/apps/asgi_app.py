@@ -160,6 +160,8 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
                 "query": scope["query_string"].decode("latin-1"),
                 "request_uri": scope.get("raw_path", b"").decode("latin-1")
                 + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else ""),
+                "http_proxy": _header(scope, b"proxy") or None,
+                "os_environ_proxy": os.environ.get("HTTP_PROXY"),
             },
         )
     elif path == "/error-before":

@@ -169,6 +169,8 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byte
                 "path_info": path,
                 "query": environ.get("QUERY_STRING", ""),
                 "request_uri": environ.get("REQUEST_URI", ""),
+                "http_proxy": environ.get("HTTP_PROXY"),
+                "os_environ_proxy": os.environ.get("HTTP_PROXY"),
             },
         )
     if path == "/error-before":
