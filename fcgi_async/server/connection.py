@@ -7,14 +7,24 @@ running requests. Each request runs as its own task; its :class:`RequestHandle` 
 Flow control:
 * Writes: the transport calls ``pause_writing`` above its high-water mark; a request's sends
   then wait in :meth:`FastCGIProtocol.drain` until ``resume_writing`` (or fail with
-  :class:`ClientDisconnected` when the connection is lost), so a web server that reads nothing
-  never grows our memory past the write buffer limit plus one chunk.
+  :class:`ClientDisconnected` when the connection is lost or that request is aborted), so a
+  web server that reads nothing never grows our memory past the write buffer limit plus one
+  chunk per request.
 * Reads: request body bytes wait in per-request queues; when the connection's total exceeds
-  ``max_body_buffer_bytes`` reading pauses, and it resumes below half of it.
+  ``max_body_buffer_bytes`` reading pauses, and it resumes below half of it. FastCGI has no
+  per-request window, so on a multiplexed connection one request that does not read its body
+  stalls the bodies of the others once the bound is reached: bounded memory wins over fairness.
 
-Timers are not armed per request: the server's one-second ticker looks at ``idle_since`` and
-``partial_since`` of every connection (see :meth:`FastCGIProtocol.check_timeouts`), which keeps
-the per-request path free of ``call_later``/``cancel`` pairs.
+Timers are not armed per request: the server's one-second ticker looks at ``idle_since``,
+``partial_since`` and ``lingering_since`` of every connection (see
+:meth:`FastCGIProtocol.check_timeouts`), which keeps the per-request path free of
+``call_later``/``cancel`` pairs. The record timer restarts whenever a record completes and
+does not run while *we* paused reading.
+
+Closing: KEEP_CONN=0 closes after the last END_REQUEST; if input may still be arriving, our
+side is shut down first and the rest is read and dropped (see :data:`LINGER_TIMEOUT_S`), so
+the kernel never answers unread input with a reset. A request id is free once its END_REQUEST
+is written, but the request counts in :class:`ServerState` until its task ends.
 """
 
 from __future__ import annotations
