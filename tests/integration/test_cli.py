@@ -319,6 +319,30 @@ def test_start_up_errors_are_one_line(
     assert message in debug.stderr
 
 
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("import no_such_dependency\napp = None\n", "ModuleNotFoundError: No module named"),
+        (
+            RAW_APP.replace(
+                "async def startup(self):",
+                "async def startup(self):\n        raise OSError(5, 'no db')",
+            ),
+            "OSError: [Errno 5] no db",
+        ),
+    ],
+    ids=["app-import-fails", "startup-fails"],
+)
+def test_application_errors_at_start_up_are_one_line(
+    tmp_path: Path, source: str, message: str
+) -> None:
+    (tmp_path / "brokenapp.py").write_text(source)
+    port = free_port()
+    result = run_cli("brokenapp:app", "--app-dir", str(tmp_path), "--bind", f"127.0.0.1:{port}")
+    _assert_one_line_error(result, message)
+    assert not _connectable(("127.0.0.1", port)), "nothing may stay bound"
+
+
 def test_address_in_use_is_one_line(app_dir: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

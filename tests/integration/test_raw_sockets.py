@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -542,6 +543,30 @@ async def test_graceful_shutdown_lets_a_running_request_finish(
     async with asyncio.timeout(5):
         await stopping
     assert await busy.eof() == b""
+
+
+async def test_graceful_timeout_cancels_what_is_still_running(
+    servers: Servers, peers: list[Peer]
+) -> None:
+    outcome: list[str] = []
+
+    async def app(req: Request) -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            outcome.append("cancelled")
+            raise
+
+    server = await servers.start(App(app))
+    peer = await connect(server, peers)
+    peer.send(peer.frame(1))
+    await wait_until(lambda: server.state.active_requests == 1)
+    started = time.monotonic()
+    await servers.stop(server, graceful_timeout_s=0.3)
+    assert time.monotonic() - started < 3
+    assert outcome == ["cancelled"]
+    assert server.state.active_requests == 0
+    assert await peer.eof() == b""
 
 
 # ------------------------------------------------------------------------- listeners
