@@ -110,12 +110,20 @@ def bind_socket(
             st = os.stat(path)
         except FileNotFoundError:
             pass
+        except OSError as exc:  # a parent that is a file, no permission to look
+            raise BindError(f"cannot bind unix:{path}: {exc.strerror or exc}") from exc
         else:
             if not stat.S_ISSOCK(st.st_mode):
                 raise BindError(f"cannot bind unix:{path}: it exists and is not a socket")
             if _unix_socket_is_live(path):
                 raise BindError(f"cannot bind unix:{path}: another server is listening on it")
-            os.unlink(path)
+            try:
+                os.unlink(path)
+            except OSError as exc:
+                raise BindError(
+                    f"cannot bind unix:{path}: cannot remove the stale socket: "
+                    f"{exc.strerror or exc}"
+                ) from exc
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(path)

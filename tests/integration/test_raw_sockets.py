@@ -620,6 +620,12 @@ async def test_unix_socket_refuses_to_replace_a_regular_file(
     assert path.read_text() == "precious"
 
 
+async def test_unix_path_under_a_regular_file_is_a_bind_error(short_tmp: Path) -> None:
+    (short_tmp / "file").write_text("x")
+    with pytest.raises(BindError, match=r"cannot bind unix:.*: Not a directory"):
+        bind_socket(parse_bind(f"unix:{short_tmp}/file/app.sock"), backlog=5)
+
+
 async def test_tcp_address_in_use_fails_before_the_app_starts(servers: Servers) -> None:
     app = App(echo)
     with socket.socket() as taken:
