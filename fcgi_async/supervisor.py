@@ -458,9 +458,7 @@ class Supervisor:
             logger.warning("worker %d exited: %s; replacing it", worker.pid, how)
             return
         self._crashes.append(now)
-        while self._crashes and now - self._crashes[0] > CRASH_WINDOW_S:
-            self._crashes.popleft()
-        recent = len(self._crashes)
+        recent = self._recent_crashes(now)
         if recent >= CRASH_LIMIT:
             if not self._respawn_stopped:
                 self._respawn_stopped = True
@@ -480,6 +478,12 @@ class Supervisor:
         logger.warning(
             "worker %d died unexpectedly: %s; respawning in %.1f s", worker.pid, how, delay
         )
+
+    def _recent_crashes(self, now: float) -> int:
+        """Unexpected worker exits within the last CRASH_WINDOW_S."""
+        while self._crashes and now - self._crashes[0] > CRASH_WINDOW_S:
+            self._crashes.popleft()
+        return len(self._crashes)
 
     def _check_workers(self, now: float) -> None:
         """Kill hung workers, notice self-draining ones, enforce drain deadlines."""
@@ -598,7 +602,10 @@ class Supervisor:
                     self._retire(worker, now, f"idle for {idle_for:.1f} s (--pm-idle-timeout)")
             return
         if len(current) < wanted and now >= self._spawn_not_before:
-            self._spawn(now)
+            # All missing workers at once (a reload's new generation), unless workers crashed
+            # lately: then one at a time, each after its back-off.
+            for _ in range(1 if self._recent_crashes(now) else wanted - len(current)):
+                self._spawn(now)
         elif len(current) > wanted:
             idle = self._idle(current) or current
             self._retire(idle[-1], now, f"worker count lowered to {wanted}")
