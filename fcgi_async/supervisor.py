@@ -263,7 +263,12 @@ class Supervisor:
 
     # ----------------------------------------------------------------------- main loop
     def run(self) -> int:
-        """Supervise until stopped; return the exit status for the process."""
+        """Supervise until stopped; return the exit status for the process.
+
+        Call it once, from the main thread (it installs signal handlers), in a process with no
+        other threads (``fork`` copies only the calling thread). Its signal handlers are
+        restored when it returns, and no worker outlives it.
+        """
         previous = self._install_signals()
         try:
             logger.info(
