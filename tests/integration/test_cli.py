@@ -353,11 +353,21 @@ def test_address_in_use_is_one_line(app_dir: Path) -> None:
     assert not (app_dir / "events").exists(), "the app must not start when binding fails"
 
 
+@pytest.mark.parametrize("loop", ["auto", "asyncio"])
 def test_sigterm_stops_a_serving_server_cleanly(
-    app_dir: Path, launch: list[subprocess.Popen[str]]
+    app_dir: Path, launch: list[subprocess.Popen[str]], loop: str
 ) -> None:
     port = free_port()
-    proc = start(launch, "rawapp:app", "--app-dir", str(app_dir), "--bind", f"127.0.0.1:{port}")
+    proc = start(
+        launch,
+        "rawapp:app",
+        "--app-dir",
+        str(app_dir),
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--loop",
+        loop,
+    )
     wait_ready(proc, ("127.0.0.1", port))
     assert fcgi_request(("127.0.0.1", port), b"hi") == b"pid=%d body=hi" % proc.pid
     code, err = stop(proc)

@@ -349,6 +349,47 @@ async def test_app_returning_without_a_response_gives_a_500_even_while_paused() 
     assert not h.transport.closed
 
 
+async def test_app_error_after_a_disconnect_is_quiet_and_writes_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def app(req: Request) -> None:
+        await req.wait_disconnected()
+        raise RuntimeError("follow-up failure of a gone client")
+
+    h = Harness(app)
+    with caplog.at_level(logging.DEBUG, "fcgi_async.server"):
+        h.feed(h.request_bytes())
+        await settle()
+        h.transport.lose()
+        await wait_until(lambda: h.state.active_requests == 0)
+    assert h.transport.writes == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "failed after a disconnect" in caplog.text
+
+
+async def test_filter_waits_for_data_that_comes_later() -> None:
+    async def app(req: Request) -> None:
+        data = b""
+        while chunk := await req.receive_data():
+            data += chunk
+        await req.end(OK_HEAD + data)
+
+    h = Harness(app)
+    h.feed(h.request_bytes(role=Role.FILTER, body=b"body"))
+    await settle()
+    h.feed(h.client.send_data(1, b"late "))
+    await settle()
+    h.feed(h.client.send_data(1, b"file"), h.client.end_data(1))
+    events: list[object] = []
+
+    def answered() -> bool:
+        events.extend(h.events())
+        return ended(events) is not None
+
+    await wait_until(answered)
+    assert stdout_of(events).endswith(b"late file")
+
+
 async def test_app_error_after_the_response_started_poisons_and_closes() -> None:
     async def app(req: Request) -> None:
         await req.send_stdout(OK_HEAD + b"partial")
