@@ -79,9 +79,9 @@ class RequestHandle:
         "_data",
         "_data_eof",
         "_disconnect_event",
-        "_drain_waiter",
+        "_drain_waiters",
         "_proto",
-        "_waiter",
+        "_waiters",
         "disconnected",
         "done",
         "keep_conn",
@@ -103,9 +103,11 @@ class RequestHandle:
         self._body_eof = event.role == Role.AUTHORIZER
         self._data: deque[bytes] = deque()
         self._data_eof = event.role != Role.FILTER
-        self._waiter: asyncio.Future[None] | None = None
+        # Lists: an app may wait in two tasks at once (a body reader and a disconnect
+        # listener, two senders); every one of them must be woken.
+        self._waiters: list[asyncio.Future[None]] = []
         self._disconnect_event: asyncio.Event | None = None
-        self._drain_waiter: asyncio.Future[None] | None = None
+        self._drain_waiters: list[asyncio.Future[None]] = []
         self.disconnected = False
         self.done = False
         self.response_started = False
@@ -129,11 +131,11 @@ class RequestHandle:
 
     # ----------------------------------------------------------- called by the Protocol
     def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     def _feed_body(self, data: bytes) -> None:
         self._body.append(data)
@@ -158,14 +160,14 @@ class RequestHandle:
         self._wake()
         if self._disconnect_event is not None:
             self._disconnect_event.set()
-        drain = self._drain_waiter
-        if drain is not None:
-            # An abort must reach a sender waiting on flow control now, not at resume_writing.
-            self._drain_waiter = None
-            if not drain.done():
-                drain.set_exception(
-                    ClientDisconnected(f"request {self.request_id} from {self.peer} went away")
-                )
+        if self._drain_waiters:
+            # An abort must reach senders waiting on flow control now, not at resume_writing.
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(
+                        ClientDisconnected(f"request {self.request_id} from {self.peer} went away")
+                    )
 
     def _discard_input(self) -> int:
         size = sum(len(c) for c in self._body) + sum(len(c) for c in self._data)
@@ -180,8 +182,13 @@ class RequestHandle:
             # waiting would never return (ASGI: receive() after the response -> disconnect).
             raise ClientDisconnected(f"request {self.request_id} from {self.peer} went away")
         waiter = self._proto.loop.create_future()
-        self._waiter = waiter
-        await waiter
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if waiter.cancelled():  # woken waiters were already taken off the list
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
 
     async def receive(self) -> bytes:
         """Return the next body chunk, ``b""`` at its end (see the Request protocol)."""
@@ -530,12 +537,13 @@ class FastCGIProtocol(asyncio.Protocol):
         waiter = self.loop.create_future()
         self._drain_waiters.append(waiter)
         if handle is not None:
-            handle._drain_waiter = waiter
+            handle._drain_waiters.append(waiter)
         try:
             await waiter
         finally:
-            if handle is not None and handle._drain_waiter is waiter:
-                handle._drain_waiter = None
+            if handle is not None:
+                with contextlib.suppress(ValueError):
+                    handle._drain_waiters.remove(waiter)
 
     # ------------------------------------------------------------------- closing
     def break_connection(self, reason: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 
@@ -243,6 +244,50 @@ async def test_abort_wakes_a_writer_blocked_on_flow_control() -> None:
     h.feed(h.client.abort_request(1))
     await wait_until(lambda: outcome, within_s=2)
     assert ended(h.events()) == RequestEnded(1, 0, ProtocolStatus.REQUEST_COMPLETE)
+
+
+async def test_two_tasks_waiting_on_one_request_are_all_woken() -> None:
+    """A body reader and a second reader (a disconnect listener) wait at the same time."""
+    got: list[bytes] = []
+    senders: list[str] = []
+
+    async def app(req: Request) -> None:
+        async def read() -> None:
+            got.append(await req.receive())
+
+        async def send(name: str) -> None:
+            try:
+                await req.send_stdout(OK_HEAD)
+            except ClientDisconnected:
+                senders.append(name)
+
+        await asyncio.gather(read(), read(), send("a"), send("b"))
+
+    h = Harness(app)
+    h.proto.pause_writing()
+    h.feed(h.request_bytes(body=None))
+    await settle()
+    h.feed(h.client.send_stdin(1, b"one"))
+    await wait_until(lambda: len(got) == 1, within_s=2)
+    h.feed(h.client.end_stdin(1))
+    await wait_until(lambda: len(got) == 2, within_s=2)
+    assert sorted(got) == [b"", b"one"]
+    h.feed(h.client.abort_request(1))
+    await wait_until(lambda: len(senders) == 2, within_s=2)
+    await wait_until(lambda: h.state.active_requests == 0)
+
+
+async def test_a_cancelled_reader_does_not_linger_in_the_waiters() -> None:
+    async def app(req: Request) -> None:
+        for _ in range(50):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(req.receive(), 0)
+        assert req._waiters == []  # type: ignore[attr-defined]
+        await req.end(OK_HEAD)
+
+    h = Harness(app)
+    h.feed(h.request_bytes(body=None))
+    await wait_until(lambda: ended(h.events()) is not None)
 
 
 # --------------------------------------------------------------------------------- abort
