@@ -127,6 +127,8 @@ class Server:
         self._servers: list[asyncio.base_events.Server] = []
         self._ticker: asyncio.Task[None] | None = None
         self._state: ServerState | None = None
+        self._addresses: list[str] = []
+        self._stopped = False
 
     @property
     def state(self) -> ServerState:
@@ -137,8 +139,8 @@ class Server:
 
     @property
     def bound_addresses(self) -> list[str]:
-        """The listening addresses, in ``--bind`` syntax (ports resolved)."""
-        return [describe(s) for s in self._sockets]
+        """The listening addresses, in ``--bind`` syntax (ports resolved); kept after shutdown."""
+        return list(self._addresses)
 
     def _open_sockets(self) -> list[socket.socket]:
         if self._given_sockets is not None:
@@ -178,6 +180,7 @@ class Server:
         loop = asyncio.get_running_loop()
         self._state = state = ServerState(self.config, self.app, loop)
         self._sockets = self._open_sockets()
+        self._addresses = [describe(s) for s in self._sockets]
         try:
             await self.app.startup()
         except BaseException:
@@ -246,9 +249,15 @@ class Server:
     async def shutdown(self, graceful_timeout_s: float | None = None) -> None:
         """Stop accepting, let running requests finish, then cancel what is left.
 
+        Runs once: later calls (``async with`` after an explicit shutdown) return at once, so
+        the app's shutdown (ASGI lifespan) is never run twice.
+
         Args:
             graceful_timeout_s: how long running requests may take; the config's by default.
         """
+        if self._stopped:
+            return
+        self._stopped = True
         timeout = (
             self.config.graceful_timeout_s if graceful_timeout_s is None else graceful_timeout_s
         )

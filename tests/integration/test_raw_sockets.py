@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from fcgi_async.config import Config
 from fcgi_async.protocol import (
     FCGI_MAX_CONNS,
     FCGI_MAX_REQS,
@@ -567,6 +568,17 @@ async def test_graceful_timeout_cancels_what_is_still_running(
     assert outcome == ["cancelled"]
     assert server.state.active_requests == 0
     assert await peer.eof() == b""
+
+
+async def test_shutdown_runs_once_and_addresses_stay_known(peers: list[Peer]) -> None:
+    app = App(echo)
+    async with Server(Config(bind=("127.0.0.1:0",)), app) as server:
+        address = server.bound_addresses[0]
+        peer = await connect(server, peers)
+        assert (await peer.request({b"TAG": b"x"})).body == b"x:"
+        await server.shutdown()
+        assert server.bound_addresses == [address]
+    assert app.lifecycle == ["startup", "shutdown"]
 
 
 # ------------------------------------------------------------------------- listeners
