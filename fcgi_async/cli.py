@@ -19,7 +19,7 @@ from typing import Any
 from . import __version__
 from .config import Config, ConfigError
 from .importer import AppLoadError, import_from_string, looks_like_asgi
-from .server.listeners import BindError
+from .server.listeners import BindError, parse_bind
 from .types import Application
 
 ENV_PREFIX = "FCGI_ASYNC_"
@@ -477,9 +477,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     debug = args.log_level == "debug"
     log = logging.getLogger("fcgi_async")
     try:
-        # Before logging is configured: a bad setting is a plain one-line error.
+        # Before logging is configured: a bad setting is a plain one-line error, and a
+        # malformed --bind is reported before the app is imported (which may be slow).
         config = config_from_args(args)
-    except ConfigError as exc:
+        for value in config.bind:
+            parse_bind(value)
+    except (ConfigError, BindError) as exc:
         _fail(log, exc, debug)
         return 1
     configure_logging(args.log_level)

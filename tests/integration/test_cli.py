@@ -228,6 +228,7 @@ def test_bad_environment_variables_are_usage_errors(
         (["app:app", "--roles", "responder,janitor"], "unknown role 'janitor'"),
         (["app:app", "--keepalive-timeout", "0"], "keepalive_timeout_s must be a number"),
         (["app:app", "--allowed-clients", "10.0.0.1,nginx"], "'nginx' is not an IP address"),
+        (["nosuchmodule:app", "--bind", "nonsense"], "bad bind 'nonsense'"),
     ],
 )
 def test_config_errors_return_1_with_one_line(
