@@ -12,7 +12,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from fcgi_async.protocol import (
     StdoutReceived,
     UnknownTypeReceived,
 )
+from fcgi_async.protocol.events import _NeedData  # NEED_DATA's type, for mypy to narrow
 from fcgi_async.server import BindError, Server, parse_bind
 from fcgi_async.server.listeners import bind_socket
 from fcgi_async.types import ClientDisconnected, Request
@@ -115,8 +116,8 @@ class Peer:
         if not data:
             return False
         self.codec.receive_data(data)
-        while not isinstance(event := self.codec.next_event(), type(_NEED)):
-            self.events.append(event)  # type: ignore[arg-type]
+        while not isinstance(event := self.codec.next_event(), _NeedData):
+            self.events.append(event)
         return True
 
     async def until(self, done: Callable[[list[ClientEvent]], bool], within_s: float = 5.0) -> None:
@@ -167,9 +168,6 @@ class Peer:
         self.writer.close()
         with contextlib.suppress(OSError):
             await self.writer.wait_closed()
-
-
-_NEED = ClientConnection().next_event()  # the NEED_DATA sentinel
 
 
 def _ended(event: ClientEvent, rid: int) -> bool:
@@ -445,9 +443,9 @@ async def _waits_for_disconnect(req: Request) -> None:
     ids=["streaming", "reading", "waiting"],
 )
 async def test_a_vanishing_client_leaves_no_task_behind(
-    servers: Servers, handler: Callable[[Request], object]
+    servers: Servers, handler: Callable[[Request], Awaitable[None]]
 ) -> None:
-    server = await servers.start(App(handler))  # type: ignore[arg-type]
+    server = await servers.start(App(handler))
     baseline = asyncio.all_tasks()
     peer = await Peer.connect(server.bound_addresses[0])
     peer.send(peer.frame(1, body=None))
@@ -498,7 +496,7 @@ async def test_100_mb_to_a_slow_reader_keeps_the_write_buffer_bounded(
             data = await peer.reader.read(32768)
             assert data, "EOF before END_REQUEST"
             peer.codec.receive_data(data)
-            while not isinstance(event := peer.codec.next_event(), type(_NEED)):
+            while not isinstance(event := peer.codec.next_event(), _NeedData):
                 if isinstance(event, StdoutReceived):
                     received += len(event.data)
                 elif isinstance(event, RequestEnded):
@@ -588,14 +586,15 @@ async def test_unix_socket_serves_and_is_removed_at_shutdown(
     servers: Servers, peers: list[Peer], short_tmp: Path
 ) -> None:
     path = short_tmp / "app.sock"
-    server = await servers.start(App(echo), bind=(f"unix:{path}",), socket_mode=0o660)
+    app = App(echo)
+    server = await servers.start(app, bind=(f"unix:{path}",), socket_mode=0o660)
     assert server.bound_addresses == [f"unix:{path}"]
     assert path.stat().st_mode & 0o777 == 0o660
     peer = await connect(server, peers)
     assert (await peer.request({b"TAG": b"unix"}, b"b")).body == b"unix:b"
     await servers.stop(server)
     assert not path.exists()
-    assert server.app.lifecycle == ["startup", "shutdown"]  # type: ignore[attr-defined]
+    assert app.lifecycle == ["startup", "shutdown"]
 
 
 async def test_unix_socket_replaces_a_stale_socket_file(
