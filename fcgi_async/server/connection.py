@@ -57,11 +57,15 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("fcgi_async.server")
 
-#: Seconds a connection that must close after END_REQUEST (KEEP_CONN=0) may keep reading and
-#: dropping what the web server still sends (the rest of a body the app did not read) once our
-#: side is shut down. Closing with unread input makes the kernel reset the connection, which
-#: fails the web server's pending writes (nginx: 502) and can destroy the answer in flight.
+#: Seconds of silence after which a connection that must close after END_REQUEST (KEEP_CONN=0)
+#: stops reading and dropping what the web server still sends (the rest of a body the app did
+#: not read) once our side is shut down. Closing with unread input makes the kernel reset the
+#: connection, which fails the web server's pending writes (nginx: 502) and can destroy the
+#: answer in flight.
 LINGER_TIMEOUT_S = 5.0
+#: The most seconds such a connection is drained, however steadily input keeps coming (an
+#: upload streamed at the client's pace, nginx ``fastcgi_request_buffering off``).
+LINGER_MAX_S = 60.0
 
 #: What a request gets when the application fails before sending anything.
 INTERNAL_ERROR_RESPONSE = (
@@ -291,6 +295,8 @@ class FastCGIProtocol(asyncio.Protocol):
         self.partial_since: float | None = None
         #: Loop time since when we only drain input before closing (see LINGER_TIMEOUT_S).
         self.lingering_since: float | None = None
+        #: Loop time of the last input dropped while lingering.
+        self.lingering_input_at = 0.0
 
     def __repr__(self) -> str:
         return f"<FastCGIProtocol peer={getattr(self, 'peer', '?')} requests={len(self.requests)}>"
@@ -348,6 +354,7 @@ class FastCGIProtocol(asyncio.Protocol):
     # ---------------------------------------------------------------------- input
     def data_received(self, data: bytes) -> None:
         if self.lingering_since is not None:
+            self.lingering_input_at = self.loop.time()
             return  # the rest of a request we already answered: dropped
         codec = self.codec
         codec.receive_data(data)
@@ -562,14 +569,15 @@ class FastCGIProtocol(asyncio.Protocol):
         """Close once the last END_REQUEST is flushed, because the web server asked (KEEP_CONN=0).
 
         When input may still arrive, shut down our side only (the peer sees EOF right after
-        END_REQUEST) and drop what comes until the peer closes, or LINGER_TIMEOUT_S passes.
+        END_REQUEST) and drop what comes until the peer closes, stays silent for
+        LINGER_TIMEOUT_S, or LINGER_MAX_S have passed.
         """
         if self.closed or self.lingering_since is not None:
             return
         if input_complete or not self.transport.can_write_eof():
             self._close_when_flushed()
             return
-        self.lingering_since = self.loop.time()
+        self.lingering_since = self.lingering_input_at = self.loop.time()
         self.partial_since = None
         self.transport.write_eof()
         if self.read_paused:
@@ -601,7 +609,10 @@ class FastCGIProtocol(asyncio.Protocol):
         if self.closed:
             return
         if self.lingering_since is not None:
-            if now - self.lingering_since > LINGER_TIMEOUT_S:
+            if (
+                now - self.lingering_input_at > LINGER_TIMEOUT_S
+                or now - self.lingering_since > LINGER_MAX_S
+            ):
                 self._close_when_flushed()
             return
         config = self.state.config

@@ -22,7 +22,7 @@ from fcgi_async.protocol import (
     Role,
     StdoutReceived,
 )
-from fcgi_async.server.connection import FastCGIProtocol
+from fcgi_async.server.connection import LINGER_MAX_S, LINGER_TIMEOUT_S, FastCGIProtocol
 from fcgi_async.server.server import ServerState
 from fcgi_async.types import ClientDisconnected, Request
 from tests.protocol.helpers import parse_wire, raw_record
@@ -503,6 +503,29 @@ async def test_keep_conn_0_with_input_still_coming_lingers_then_closes() -> None
     h.proto.check_timeouts(start + 1)
     assert not h.transport.closed
     h.proto.check_timeouts(start + 60)
+    assert h.transport.closed
+
+
+async def test_lingering_lasts_while_input_keeps_coming_up_to_a_cap() -> None:
+    async def app(req: Request) -> None:
+        await req.end(OK_HEAD + b"refused")  # a streamed upload the app will not take
+
+    h = Harness(app)
+    h.feed(h.request_bytes(body=None, keep_conn=False))
+    await wait_until(lambda: h.transport.eof_written)
+    start = h.proto.lingering_since
+    assert start is not None
+    chunk = raw_record(RecordType.STDIN, 1, b"s" * 1000)
+    for second in range(1, 40, 4):  # input every 4 s: never LINGER_TIMEOUT_S of silence
+        h.proto.lingering_input_at = start + second
+        h.proto.check_timeouts(start + second + 3)
+        assert not h.transport.closed
+    h.feed(chunk)
+    last = h.proto.lingering_input_at
+    h.proto.check_timeouts(last + LINGER_TIMEOUT_S - 1)
+    assert not h.transport.closed
+    h.proto.lingering_input_at = start + LINGER_MAX_S  # still busy at the cap
+    h.proto.check_timeouts(start + LINGER_MAX_S + 1)
     assert h.transport.closed
 
 
