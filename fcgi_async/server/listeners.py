@@ -1,22 +1,33 @@
-"""Listening sockets: ``HOST:PORT``, ``[V6]:PORT``, ``unix:PATH``, ``fd://N`` and fd 0.
+"""Listening sockets: ``HOST:PORT``, ``[V6]:PORT``, ``unix:PATH``, ``fd://N``, fd 0, systemd.
 
 Sockets are created here, before any event loop exists, so that a prefork supervisor can bind
 in the parent and hand the same sockets to its workers (see :func:`inherit_sockets`).
+
+The listen backlog reaches inherited sockets too: asyncio and uvloop call ``listen(backlog)``
+again on every socket they serve, which resizes the queue of an already listening socket.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import grp
+import logging
 import os
+import pwd
 import socket
 import stat
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Literal
+
+logger = logging.getLogger("fcgi_async.server")
 
 #: FCGI_LISTENSOCK_FILENO: web servers that spawn us (mod_fcgid, lighttpd's bin-path,
 #: spawn-fcgi) pass the listening socket as fd 0 (spec §2.2).
 FCGI_LISTENSOCK_FILENO = 0
+#: systemd socket activation (sd_listen_fds(3)): passed sockets start at fd 3.
+SD_LISTEN_FDS_START = 3
 
 
 class BindError(OSError):
@@ -91,20 +102,58 @@ def _unix_socket_is_live(path: str) -> bool:
     return True
 
 
+def resolve_socket_owner(owner: str | None, group: str | None) -> tuple[int, int]:
+    """Turn ``--socket-owner``/``--socket-group`` (names or numeric ids) into a uid and a gid.
+
+    Returns:
+        ``(uid, gid)`` for :func:`os.chown`; -1 for what is not given (left unchanged).
+
+    Raises:
+        BindError: a name is not a user or group on this system.
+    """
+    uid = gid = -1
+    if owner is not None:
+        if owner.isdigit():
+            uid = int(owner)
+        else:
+            try:
+                uid = pwd.getpwnam(owner).pw_uid
+            except KeyError:
+                raise BindError(f"socket owner {owner!r} is not a user on this system") from None
+    if group is not None:
+        if group.isdigit():
+            gid = int(group)
+        else:
+            try:
+                gid = grp.getgrnam(group).gr_gid
+            except KeyError:
+                raise BindError(f"socket group {group!r} is not a group on this system") from None
+    return uid, gid
+
+
 def bind_socket(
-    addr: BindAddress, *, backlog: int, socket_mode: int | None = None
+    addr: BindAddress,
+    *,
+    backlog: int,
+    socket_mode: int | None = None,
+    socket_owner: str | None = None,
+    socket_group: str | None = None,
 ) -> socket.socket:
     """Create, bind and listen on one socket.
 
     A unix socket path is replaced only when it is a stale socket (nobody accepts on it);
-    a live socket or any other kind of file is an error.
+    a live socket or any other kind of file is an error. A unix socket file we create gets
+    ``socket_owner``/``socket_group`` (names or numeric ids) and ``socket_mode`` before it
+    listens, so no web server can connect while its permissions are still the umask's.
 
     Raises:
-        BindError: the address is in use, not permitted, or otherwise unusable.
+        BindError: the address is in use, not permitted, or otherwise unusable; the owner or
+            group does not exist or we may not give the file to them.
     """
     if addr.kind == "fd":
         return adopt_fd(addr.fd)
     if addr.kind == "unix":
+        uid, gid = resolve_socket_owner(socket_owner, socket_group)
         path = addr.path
         try:
             st = os.stat(path)
@@ -127,11 +176,28 @@ def bind_socket(
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(path)
+        except OSError as exc:
+            sock.close()
+            raise BindError(f"cannot bind unix:{path}: {exc.strerror or exc}") from exc
+        try:
+            if uid != -1 or gid != -1:
+                try:
+                    os.chown(path, uid, gid)
+                except OSError as exc:
+                    who = (socket_owner or "") + (f":{socket_group}" if socket_group else "")
+                    raise BindError(
+                        f"cannot give unix:{path} to {who} (--socket-owner/--socket-group): "
+                        f"{exc.strerror or exc}"
+                    ) from exc
             if socket_mode is not None:
                 os.chmod(path, socket_mode)
             sock.listen(backlog)
         except OSError as exc:
             sock.close()
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            if isinstance(exc, BindError):
+                raise
             raise BindError(f"cannot bind unix:{path}: {exc.strerror or exc}") from exc
         sock.setblocking(False)
         return sock
@@ -196,6 +262,69 @@ def detect_fd0_listener() -> socket.socket | None:
             return sock
     sock.close()
     return None
+
+
+def systemd_listeners(environ: MutableMapping[str, str]) -> list[socket.socket]:
+    """Take the listening sockets systemd passed (socket activation), as ``sd_listen_fds(3)``.
+
+    When ``LISTEN_PID`` is this process's pid, ``LISTEN_FDS`` = N sockets are fds 3 .. 3+N-1
+    (``LISTEN_FDNAMES`` names them; only logged). ``LISTEN_PID``, ``LISTEN_FDS`` and
+    ``LISTEN_FDNAMES`` are removed from ``environ`` in every case, so that child processes
+    (workers, anything the app runs) never take them for their own. The descriptors are made
+    close-on-exec.
+
+    Returns:
+        The sockets, or an empty list when systemd passed none to this process.
+
+    Raises:
+        BindError: ``LISTEN_FDS`` is malformed, or a passed descriptor is not a listening
+            stream socket (a ``.socket`` unit needs ``ListenStream=`` and ``Accept=no``).
+    """
+    pid = environ.pop("LISTEN_PID", None)
+    count = environ.pop("LISTEN_FDS", None)
+    names = environ.pop("LISTEN_FDNAMES", None)
+    if pid is None or count is None or pid.strip() != str(os.getpid()):
+        return []
+    try:
+        n = int(count)
+    except ValueError:
+        raise BindError(f"LISTEN_FDS={count!r} from systemd is not a number") from None
+    fd_names = names.split(":") if names else []
+    sockets: list[socket.socket] = []
+    try:
+        for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + n):
+            try:
+                if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                    raise BindError(f"fd {fd} from systemd (LISTEN_FDS) is not a socket")
+                os.set_inheritable(fd, False)
+                sock = socket.socket(fileno=fd)
+            except BindError:
+                raise
+            except OSError as exc:
+                raise BindError(
+                    f"fd {fd} from systemd (LISTEN_FDS): {exc.strerror or exc}"
+                ) from exc
+            sockets.append(sock)
+            listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+            if sock.type != socket.SOCK_STREAM or not listening:
+                raise BindError(
+                    f"fd {fd} from systemd (LISTEN_FDS) is not a listening stream socket: "
+                    "the .socket unit needs ListenStream= and Accept=no"
+                )
+            sock.setblocking(False)
+            index = fd - SD_LISTEN_FDS_START
+            name = fd_names[index] if index < len(fd_names) else ""
+            logger.info(
+                "using %s from systemd (fd %d%s)",
+                describe(sock),
+                fd,
+                f", name {name!r}" if name else "",
+            )
+    except BaseException:
+        for sock in sockets:
+            sock.detach()
+        raise
+    return sockets
 
 
 def describe(sock: socket.socket) -> str:
