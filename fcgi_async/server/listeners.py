@@ -264,14 +264,18 @@ def detect_fd0_listener() -> socket.socket | None:
     return None
 
 
-def systemd_listeners(environ: MutableMapping[str, str]) -> list[socket.socket]:
+def systemd_listeners(
+    environ: MutableMapping[str, str], *, backlog: int | None = None
+) -> list[socket.socket]:
     """Take the listening sockets systemd passed (socket activation), as ``sd_listen_fds(3)``.
 
     When ``LISTEN_PID`` is this process's pid, ``LISTEN_FDS`` = N sockets are fds 3 .. 3+N-1
     (``LISTEN_FDNAMES`` names them; only logged). ``LISTEN_PID``, ``LISTEN_FDS`` and
     ``LISTEN_FDNAMES`` are removed from ``environ`` in every case, so that child processes
     (workers, anything the app runs) never take them for their own. The descriptors are made
-    close-on-exec.
+    close-on-exec. With ``backlog``, each listens again with that queue size at once (a
+    supervisor that forks on demand accepts nothing itself, so its workers' ``listen`` may
+    come late).
 
     Returns:
         The sockets, or an empty list when systemd passed none to this process.
@@ -312,6 +316,8 @@ def systemd_listeners(environ: MutableMapping[str, str]) -> list[socket.socket]:
                     "the .socket unit needs ListenStream= and Accept=no"
                 )
             sock.setblocking(False)
+            if backlog is not None:
+                sock.listen(backlog)
             index = fd - SD_LISTEN_FDS_START
             name = fd_names[index] if index < len(fd_names) else ""
             logger.info(
