@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from threading import get_ident
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias
 
@@ -520,6 +521,16 @@ class _Call:
             the loop to send in turn, the last with ``end``; or ``None`` if the client left.
             The result's ``close()`` is always called.
         """
+        request = self.request
+        # Which thread serves the request: the server's slow log shows its stack, and a
+        # request timeout knows not to cancel what a thread runs (Request.thread_ident).
+        request.thread_ident = get_ident()
+        try:
+            return self._call_app()
+        finally:
+            request.thread_ident = None
+
+    def _call_app(self) -> bytes | list[bytes] | None:
         adapter = self._adapter
         result = adapter.app(adapter._environ(self.request, self.errors), self.start_response)
         try:

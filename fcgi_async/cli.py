@@ -148,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="log level (%(default)s); debug also shows tracebacks of start-up errors",
     )
     _add_worker_arguments(p, d)
+    _add_timeout_arguments(p, d)
     lim = p.add_argument_group("limits (each protects memory or sockets from a bad peer)")
     lim.add_argument(
         "--no-multiplex",
@@ -285,6 +286,38 @@ def _add_worker_arguments(p: argparse.ArgumentParser, d: Config) -> None:
     )
 
 
+def _add_timeout_arguments(p: argparse.ArgumentParser, d: Config) -> None:
+    """Request timeout and slow log (php-fpm's request_terminate_timeout and slowlog)."""
+    tmo = p.add_argument_group(
+        "request timeout and slow log (checked once a second)",
+        "A request over --request-timeout gets a 504 (or a broken connection once its\n"
+        "response started); ASGI code is cancelled, a WSGI thread that runs on is reported\n"
+        "with its stack and its worker recycled (inline: a restart is recommended).",
+    )
+    tmo.add_argument(
+        "--request-timeout",
+        type=float,
+        default=d.request_timeout_s,
+        metavar="S",
+        help="end requests running longer, php-fpm's request_terminate_timeout; 0 = off "
+        "(%(default)s)",
+    )
+    tmo.add_argument(
+        "--slowlog-timeout",
+        type=float,
+        default=d.slowlog_timeout_s,
+        metavar="S",
+        help="log the Python stack of requests running longer, once each, php-fpm's "
+        "request_slowlog_timeout; 0 = off (%(default)s)",
+    )
+    tmo.add_argument(
+        "--slowlog",
+        default=d.slowlog,
+        metavar="PATH",
+        help="file the slow log is appended to, php-fpm's slowlog (default: the error log)",
+    )
+
+
 #: dest -> how to parse its environment variable (str when absent).
 _ENV_TYPES: dict[str, Callable[[str], Any]] = {
     "socket_mode": _octal,
@@ -309,6 +342,8 @@ _ENV_TYPES: dict[str, Callable[[str], Any]] = {
     "max_requests": int,
     "max_requests_jitter": int,
     "worker_timeout": float,
+    "request_timeout": float,
+    "slowlog_timeout": float,
 }
 
 
@@ -400,6 +435,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         max_requests=args.max_requests,
         max_requests_jitter=args.max_requests_jitter,
         worker_timeout_s=args.worker_timeout,
+        request_timeout_s=args.request_timeout,
+        slowlog_timeout_s=args.slowlog_timeout,
+        slowlog=args.slowlog or None,
         extra={"bind_explicit": binds is not None},
     )
 

@@ -76,6 +76,14 @@ class Config:
     max_body_buffer_bytes: int = DEFAULT_MAX_BODY_BUFFER_BYTES
     keepalive_timeout_s: float = DEFAULT_KEEPALIVE_TIMEOUT_S
     record_timeout_s: float = DEFAULT_RECORD_TIMEOUT_S
+    #: php-fpm's request_terminate_timeout: a request running longer is ended (504, or a
+    #: broken connection once its response started) and its app told; 0 = never.
+    request_timeout_s: float = 0
+    #: php-fpm's request_slowlog_timeout: a request running longer gets one slow-log entry
+    #: with the Python stack serving it; 0 = no slow log.
+    slowlog_timeout_s: float = 0
+    #: php-fpm's slowlog: the file slow-log entries are appended to; None: the error log.
+    slowlog: str | None = None
     graceful_timeout_s: float = DEFAULT_GRACEFUL_TIMEOUT_S
     backlog: int = DEFAULT_BACKLOG
     socket_mode: int | None = None
@@ -129,6 +137,12 @@ class Config:
             value = getattr(self, name)
             if not isinstance(value, int | float) or value <= 0:
                 raise ConfigError(f"{name} must be a number of seconds above 0, got {value!r}")
+        for name in ("request_timeout_s", "slowlog_timeout_s"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not 0 <= value < float("inf"):
+                raise ConfigError(f"{name} must be 0 (off) or a number of seconds, got {value!r}")
+        if self.slowlog is not None and (not isinstance(self.slowlog, str) or not self.slowlog):
+            raise ConfigError(f"slowlog must be a file path, got {self.slowlog!r}")
         if not self.bind:
             raise ConfigError("at least one bind address is needed")
         for role in self.roles:

@@ -798,8 +798,15 @@ async def _serve_worker(
             )
             stop.set()
 
+    def on_recycle(reason: str) -> None:
+        # Application code is stuck past --request-timeout: drain like after max_requests.
+        if not stop.is_set():
+            logger.warning("worker %d: %s: recycling", os.getpid(), reason)
+            stop.set()
+
     state = server.state
     state.on_change = on_change
+    state.on_recycle = on_recycle
     board.report(slot, state.active_requests, state.total_requests, time.monotonic())
     board.set_state(slot, WorkerState.IDLE if not state.active_requests else WorkerState.BUSY)
     beat = loop.create_task(_heartbeat(board, slot, os.getppid(), stop))

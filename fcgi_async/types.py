@@ -55,6 +55,14 @@ class Request(Protocol):
     def response_started(self) -> bool:
         """True once any STDOUT byte was handed to the transport."""
 
+    #: The :func:`threading.get_ident` of the thread running this request's application code
+    #: while one does, else ``None``. An adapter that runs application code in a worker thread
+    #: (the WSGI adapter) sets it in that thread before calling the app and clears it after;
+    #: the server reads it to put that thread's stack in the slow log, and to know that the
+    #: code cannot be cancelled when ``--request-timeout`` ends the request. Adapters that run
+    #: on the event loop leave it alone. Costs nothing when unused.
+    thread_ident: int | None
+
     @property
     def logger(self) -> logging.Logger:
         """The logger for this request's application messages (``wsgi.errors`` and friends)."""

@@ -73,6 +73,12 @@ INTERNAL_ERROR_RESPONSE = (
     b"Content-Length: 21\r\n\r\nInternal Server Error"
 )
 
+#: What a request gets when ``--request-timeout`` ends it before it sent anything.
+GATEWAY_TIMEOUT_RESPONSE = (
+    b"Status: 504 Gateway Timeout\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 15\r\n\r\nGateway Timeout"
+)
+
 
 class RequestHandle:
     """The :class:`fcgi_async.types.Request` of one running request."""
@@ -93,7 +99,9 @@ class RequestHandle:
         "request_id",
         "response_started",
         "role",
+        "started_at",
         "task",
+        "thread_ident",
     )
 
     def __init__(self, proto: FastCGIProtocol, event: RequestReceived) -> None:
@@ -116,6 +124,12 @@ class RequestHandle:
         self.done = False
         self.response_started = False
         self.task: asyncio.Task[None] | None = None
+        #: Loop time the request began; stamped only while request timeouts or the slow log
+        #: are on (see :mod:`fcgi_async.server.timeouts`), 0.0 otherwise.
+        self.started_at = 0.0
+        #: The thread running this request's code, set by adapters that use one (see
+        #: :attr:`fcgi_async.types.Request.thread_ident`).
+        self.thread_ident: int | None = None
 
     def __repr__(self) -> str:
         return (
@@ -271,6 +285,43 @@ class RequestHandle:
         self.done = True
         self._proto.break_connection(f"request {self.request_id} failed after its response began")
 
+    def time_out(self) -> str:
+        """End a request that ran past ``--request-timeout`` and tell its application.
+
+        Nothing sent yet: a 504 and END_REQUEST (the id is freed, the web server gets its
+        answer). The response already started: :meth:`fail` (the connection breaks visibly).
+        Either way the request counts as disconnected from now on (waiting receives end, sends
+        raise :class:`ClientDisconnected`), and its task is cancelled unless its code runs in a
+        thread (:attr:`thread_ident` set), which nothing can interrupt.
+
+        Returns:
+            What was done, for the log line.
+        """
+        proto = self._proto
+        if self.done:
+            outcome = "its response was already complete"
+        elif self.disconnected or proto.closed:
+            outcome = "its client was already gone"
+        elif self.response_started:
+            self.fail()
+            outcome = "response already started: connection broken"
+        else:
+            # Written even while writing is paused, as _finish_abandoned's 500 is.
+            self.done = True
+            proto.transport.writelines(
+                proto.codec.end_request(self.request_id, GATEWAY_TIMEOUT_RESPONSE)
+            )
+            proto.request_finished(self)
+            outcome = "answered 504"
+        self._disconnect()
+        task = self.task
+        if task is None or task.done():
+            return outcome
+        if self.thread_ident is not None:
+            return outcome + "; its thread cannot be interrupted, its writes fail from now on"
+        task.cancel()
+        return outcome + "; task cancelled"
+
 
 class FastCGIProtocol(asyncio.Protocol):
     """The asyncio side of one FastCGI connection."""
@@ -424,7 +475,10 @@ class FastCGIProtocol(asyncio.Protocol):
         handle.task = task = self.loop.create_task(self._run(handle))
         # Counted until the task ends, not until END_REQUEST: shutdown must wait for (or
         # cancel) application code that outlives its response, an abort or a broken connection.
-        self.state.request_started(task)
+        state = self.state
+        state.request_started(task)
+        if state.watch is not None:
+            state.watch.add(handle, task)
 
     async def _run(self, handle: RequestHandle) -> None:
         try:

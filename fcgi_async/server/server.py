@@ -16,6 +16,7 @@ from ..protocol import FCGI_MAX_CONNS, FCGI_MAX_REQS, FCGI_MPXS_CONNS, Limits, R
 from ..types import Application
 from .connection import FastCGIProtocol
 from .listeners import bind_socket, close_listeners, describe, detect_fd0_listener, parse_bind
+from .timeouts import RequestWatch
 
 logger = logging.getLogger("fcgi_async.server")
 
@@ -57,6 +58,17 @@ class ServerState:
         #: Called after the request counters change (a prefork worker reports to its
         #: supervisor's scoreboard through it); None costs one comparison per request.
         self.on_change: Callable[[ServerState], None] | None = None
+        #: Requests that ran past ``slowlog_timeout_s`` (php-fpm's "slow requests").
+        self.slow_requests = 0
+        #: Set once :meth:`request_recycle` was called.
+        self.recycle_requested = False
+        #: Called (once) by :meth:`request_recycle`; a prefork worker drains and exits through
+        #: it so its supervisor replaces it. None: the server runs inline and only logs.
+        self.on_recycle: Callable[[str], None] | None = None
+        #: Request timeouts and the slow log; None (nothing per request) when both are off.
+        self.watch = (
+            RequestWatch(self) if config.request_timeout_s or config.slowlog_timeout_s else None
+        )
         max_reqs = config.max_connections * (
             config.max_requests_per_connection if config.multiplex else 1
         )
@@ -100,6 +112,26 @@ class ServerState:
             self.idle_event.set()
         if self.on_change is not None:
             self.on_change(self)
+
+    def request_recycle(self, reason: str) -> None:
+        """Ask for this process to be replaced: application code is stuck in it.
+
+        Under a supervisor (``on_recycle`` set) the worker drains and exits after its running
+        requests, like after ``max_requests``, and a fresh one takes its place. Inline, a
+        process cannot replace itself: the error log recommends a restart. Only the first call
+        acts.
+        """
+        if self.recycle_requested:
+            return
+        self.recycle_requested = True
+        if self.on_recycle is not None:
+            self.on_recycle(reason)
+        else:
+            logger.error(
+                "%s: restart this process (its stuck threads cannot be stopped); with a "
+                "supervisor (--workers, --max-requests) workers are recycled automatically",
+                reason,
+            )
 
 
 class Server:
@@ -214,6 +246,11 @@ class Server:
             now = state.loop.time()
             for proto in list(state.connections):
                 proto.check_timeouts(now)
+            if state.watch is not None:
+                try:
+                    state.watch.check(now)
+                except Exception:  # the ticker must live on: idle timeouts depend on it
+                    logger.exception("checking request timeouts failed")
 
     async def _close_servers(self) -> None:
         for srv in self._servers:

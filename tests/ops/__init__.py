@@ -1,0 +1,1 @@
+"""Operations: the configuration file, socket ownership, pid file, systemd activation."""
