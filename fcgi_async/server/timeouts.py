@@ -114,6 +114,8 @@ class RequestWatch:
         limit = self.request_timeout_s
         flags_of = self._flags
         for task, handle in list(self.running.items()):
+            if task.done():
+                continue  # ended since the last tick; its done callback forgets it
             age = now - handle.started_at
             flags = flags_of.get(task, 0)
             if slow and age >= slow and not flags & _SLOW_LOGGED:
