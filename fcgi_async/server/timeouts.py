@@ -172,14 +172,14 @@ class RequestWatch:
         """Report code still running past timeout + grace, and ask for a recycle."""
         where = "its thread" if handle.thread_ident is not None else "its task"
         logger.error(
-            "request %d from %s (%s) still running %.1f s after it started, %.1f s after "
-            "--request-timeout %g ended it: %s ignores it\n%s",
+            "request %d from %s (%s) still running %.1f s after it started, past "
+            "--request-timeout %g and %g s of grace: %s ignores it\n%s",
             handle.request_id,
             handle.peer,
             _describe(handle),
             age,
-            age - self.request_timeout_s,
             self.request_timeout_s,
+            self.grace_s,
             where,
             "".join(stack_lines(handle, task)).rstrip("\n"),
         )
