@@ -1,8 +1,9 @@
 """The ``fcgi-async`` command: the one place that composes config, app, adapters and server.
 
 Every option is also an ``FCGI_ASYNC_<OPTION>`` environment variable (``--max-connections`` is
-``FCGI_ASYNC_MAX_CONNECTIONS``; repeatable options take a comma-separated list). Precedence:
-flags > environment > defaults.
+``FCGI_ASYNC_MAX_CONNECTIONS``; repeatable options take a comma-separated list), and every
+Config field a key of the ``--config`` TOML file. Precedence: flags > environment > file >
+defaults (:func:`resolve_settings`).
 """
 
 from __future__ import annotations
@@ -10,16 +11,21 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import operator
 import os
+import socket
 import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
 from .config import Config, ConfigError
+from .configfile import ConfigFileError, format_config, load_config_file, settable_fields
 from .importer import AppLoadError, import_from_string, looks_like_asgi
-from .server.listeners import BindError, parse_bind
+from .pidfile import PidFile, PidFileError
+from .server.listeners import BindError, parse_bind, resolve_socket_owner, systemd_listeners
 from .types import Application
 
 ENV_PREFIX = "FCGI_ASYNC_"
@@ -30,9 +36,14 @@ examples:
   fcgi-async myproject.wsgi:application --bind unix:/run/app.sock --socket-mode 660
   fcgi-async main:create_app --factory --interface asgi --bind [::1]:9000
   fcgi-async call 127.0.0.1:9000 /ping              # talk FastCGI to any server
+  fcgi-async --config /etc/fcgi-async.toml --check-config   # print the effective settings
 
 nginx:  location / { include fastcgi_params; fastcgi_pass unix:/run/app.sock; }
-Every option can also be set as FCGI_ASYNC_<NAME> (for example FCGI_ASYNC_BIND).
+Every option can also be set as FCGI_ASYNC_<NAME> (for example FCGI_ASYNC_BIND), and every
+setting as a key of the --config file, named like the fields --check-config prints
+(max_connections = 500). Precedence: flags > environment > config file > defaults.
+systemd socket activation: sockets passed with LISTEN_FDS/LISTEN_PID replace the default
+bind; binds you configure are served besides them.
 """
 
 
@@ -62,7 +73,27 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("app", metavar="MODULE:ATTR", help="the application, e.g. myproject.wsgi:app")
+    p.add_argument(
+        "app",
+        metavar="MODULE:ATTR",
+        nargs="?",
+        default=d.app,
+        help="the application, e.g. myproject.wsgi:app (or app = in the config file)",
+    )
+    cfg = p.add_argument_group("configuration file")
+    cfg.add_argument(
+        "--config",
+        "-c",
+        metavar="FILE",
+        help="TOML file of settings named as the Config fields (bind = [...], "
+        "max_connections = 500); flags and FCGI_ASYNC_* variables override it",
+    )
+    cfg.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate the settings, print the effective configuration with where each "
+        "value came from, and exit (0 valid, 1 not); neither imports the app nor binds",
+    )
     srv = p.add_argument_group("listening")
     srv.add_argument(
         "--bind",
@@ -77,6 +108,22 @@ def build_parser() -> argparse.ArgumentParser:
         type=_octal,
         metavar="MODE",
         help="permissions of unix sockets we create, e.g. 660 (default: umask)",
+    )
+    srv.add_argument(
+        "--socket-owner",
+        metavar="USER",
+        help="owner of unix sockets we create, a name or uid (php-fpm's listen.owner)",
+    )
+    srv.add_argument(
+        "--socket-group",
+        metavar="GROUP",
+        help="group of unix sockets we create, a name or gid (php-fpm's listen.group)",
+    )
+    srv.add_argument(
+        "--pid-file",
+        metavar="PATH",
+        help="write our pid here once listening (the supervisor's with workers); removed at "
+        "exit; refuses to start while it names a running process",
     )
     srv.add_argument("--backlog", type=int, default=d.backlog, help="listen backlog (%(default)s)")
     srv.add_argument(
@@ -149,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_worker_arguments(p, d)
     _add_timeout_arguments(p, d)
+    _add_operations_arguments(p, d)
     lim = p.add_argument_group("limits (each protects memory or sockets from a bad peer)")
     lim.add_argument(
         "--no-multiplex",
@@ -318,6 +366,62 @@ def _add_timeout_arguments(p: argparse.ArgumentParser, d: Config) -> None:
     )
 
 
+def _add_operations_arguments(p: argparse.ArgumentParser, d: Config) -> None:
+    """Status and ping pages, access log and error log (php-fpm's names in the help)."""
+    ops = p.add_argument_group(
+        "status, ping and logs",
+        "The status and ping paths are answered before the app, only for end users\n"
+        "(REMOTE_ADDR) within --allowed-clients (loopback when that is unset); others get\n"
+        "403. Status: ?json, ?openmetrics, ?full as php-fpm. SIGUSR1 reopens the log files.",
+    )
+    ops.add_argument(
+        "--status-path",
+        default=d.status_path,
+        metavar="PATH",
+        help="answer the pool status at this path, php-fpm's pm.status_path (default: off)",
+    )
+    ops.add_argument(
+        "--ping-path",
+        default=d.ping_path,
+        metavar="PATH",
+        help="answer --ping-response at this path, php-fpm's ping.path (default: off)",
+    )
+    ops.add_argument(
+        "--ping-response",
+        default=d.ping_response,
+        metavar="TEXT",
+        help="the ping answer, php-fpm's ping.response (%(default)s)",
+    )
+    ops.add_argument(
+        "--pool-name",
+        default=d.pool_name,
+        metavar="NAME",
+        help="the status page's pool name (%(default)s)",
+    )
+    ops.add_argument(
+        "--access-log",
+        default=d.access_log,
+        metavar="PATH",
+        help="write one line per request to PATH, '-' for stdout, php-fpm's access.log "
+        "(default: off, and free)",
+    )
+    ops.add_argument(
+        "--access-log-format",
+        default=d.access_log_format,
+        metavar="FORMAT",
+        help="the access log line: %%h/%%R remote addr, %%t time, %%m method, %%r request "
+        "line, %%U path, %%q query, %%s status, %%b/%%B bytes, %%d/%%D/%%T duration, %%p pid, "
+        "%%i request id, %%{NAME}e param, %%{Header}i header, %%%% (the README lists them "
+        "all); default: " + d.access_log_format.replace("%", "%%"),
+    )
+    ops.add_argument(
+        "--error-log",
+        default=d.error_log,
+        metavar="PATH",
+        help="the server's own log, php-fpm's error_log; '-' for stderr (default: stderr)",
+    )
+
+
 #: dest -> how to parse its environment variable (str when absent).
 _ENV_TYPES: dict[str, Callable[[str], Any]] = {
     "socket_mode": _octal,
@@ -356,7 +460,7 @@ def _apply_env(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> d
     late: dict[str, Any] = {}
     for action in parser._actions:
         dest = action.dest
-        if dest in ("help", "version", "app"):
+        if dest in ("help", "version", "app", "check_config"):
             continue
         name = ENV_PREFIX + dest.upper()
         raw = environ.get(name)
@@ -377,23 +481,154 @@ def _apply_env(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> d
     return late
 
 
-def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> argparse.Namespace:
-    """Parse ``argv`` over ``FCGI_ASYNC_*`` variables from ``environ`` over the defaults.
+#: Config fields whose flag is named differently, and how a file value becomes the flag's
+#: value. Every other field's flag is named as the field, or as the field without its ``_s``.
+_FIELD_FLAGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "multiplex": ("no_multiplex", operator.not_),
+    "pm_start_servers": ("pm_start", lambda value: value),
+}
+
+
+def _field_actions(parser: argparse.ArgumentParser) -> dict[str, tuple[argparse.Action, Any]]:
+    """Config field -> (the argparse action that sets it, file value -> flag value)."""
+    actions = {a.dest: a for a in parser._actions}
+    result: dict[str, tuple[argparse.Action, Any]] = {}
+    for name in settable_fields():
+        dest, convert = _FIELD_FLAGS.get(name, (name, lambda value: value))
+        if dest not in actions and name.endswith("_s"):
+            dest = name[:-2]
+        if dest in actions:
+            result[name] = (actions[dest], convert)
+    return result
+
+
+def _apply_file(
+    parser: argparse.ArgumentParser, values: Mapping[str, object], path: str
+) -> tuple[dict[str, Any], dict[str, object]]:
+    """Make a config file's values the parser's defaults (the environment goes over them).
+
+    Returns:
+        ``(late, file_only)``: values of repeatable options, applied after parsing like
+        :func:`_apply_env`'s; and fields that no flag sets, for :meth:`Settings.config`.
+
+    Raises:
+        ConfigFileError: a value is not one of its flag's choices.
+    """
+    actions = _field_actions(parser)
+    late: dict[str, Any] = {}
+    file_only: dict[str, object] = {}
+    for name, value in values.items():
+        if name not in actions:
+            file_only[name] = value
+            continue
+        action, convert = actions[name]
+        flag_value = convert(value)
+        if isinstance(flag_value, tuple):
+            if isinstance(action, argparse._AppendAction):
+                late[action.dest] = list(flag_value)
+                continue
+            flag_value = ",".join(flag_value)  # comma-separated flags: --roles, --allowed-clients
+        if action.choices is not None and flag_value not in action.choices:
+            choices = ", ".join(map(repr, action.choices))
+            raise ConfigFileError(f"config file {path}: {name} must be one of {choices}")
+        action.default = flag_value
+    return late, file_only
+
+
+def _given_flags(argv: Sequence[str]) -> argparse.Namespace:
+    """Only what the command line itself gives: a parse with every default suppressed.
+
+    ``--help`` and ``--version`` are left to the real parse (help shows the defaults), as are
+    unknown arguments.
+    """
+    parser = build_parser()
+    for action in list(parser._actions):
+        if isinstance(action, argparse._HelpAction | argparse._VersionAction):
+            parser._remove_action(action)
+            for option in action.option_strings:
+                parser._option_string_actions.pop(option, None)
+        else:
+            action.default = argparse.SUPPRESS
+    given, _ = parser.parse_known_args(list(argv))
+    return given
+
+
+@dataclass
+class Settings:
+    """Parsed arguments with every layer applied, and where each Config field came from."""
+
+    #: The namespace :func:`config_from_args` turns into a Config.
+    args: argparse.Namespace
+    #: Config field -> ``flag``, ``env NAME``, ``file`` or ``default``.
+    sources: dict[str, str] = field(default_factory=dict)
+    #: The configuration file read, if any.
+    config_file: str | None = None
+    #: File values of Config fields that have no flag (applied to the Config directly).
+    file_only: dict[str, object] = field(default_factory=dict)
+
+    def config(self) -> Config:
+        """The validated Config.
+
+        Raises:
+            ConfigError: a value is invalid.
+        """
+        config = config_from_args(self.args)
+        return config.replace(**self.file_only) if self.file_only else config
+
+
+def resolve_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
+    """Layer flags over ``FCGI_ASYNC_*`` variables over the ``--config`` file over defaults.
+
+    The file (``--config`` or ``FCGI_ASYNC_CONFIG``) becomes the parser's defaults, the
+    environment goes over those (:func:`_apply_env`), and argparse puts the flags on top. A
+    second parse with suppressed defaults tells which values the command line gave.
 
     Raises:
         SystemExit: argparse's own exit: 0 after ``--help``/``--version``, 2 on a usage error
             (the message is already on stderr).
+        ConfigFileError: the file is unreadable, or has an unknown or mistyped key.
     """
+    given = vars(_given_flags(argv))
+    config_file = given.get("config") or environ.get(ENV_PREFIX + "CONFIG") or None
     parser = build_parser()
-    late = _apply_env(parser, environ)
+    file_values = load_config_file(config_file) if config_file else {}
+    file_late, file_only = _apply_file(parser, file_values, config_file or "")
+    late = {**file_late, **_apply_env(parser, environ)}
     args = parser.parse_args(list(argv))
     for dest, value in late.items():
         if getattr(args, dest) is None:
             setattr(args, dest, value)
-    if args.allowed_clients is None:
-        # The variable every FastCGI library honours (libfcgi, flup, mod_fcgid's docs).
-        args.allowed_clients = environ.get("FCGI_WEB_SERVER_ADDRS")
-    return args
+    if not args.app and not args.check_config:
+        parser.error("the following arguments are required: MODULE:ATTR")
+    sources: dict[str, str] = {}
+    for name, (action, _) in _field_actions(parser).items():
+        variable = ENV_PREFIX + action.dest.upper()
+        if action.dest in given:
+            sources[name] = "flag"
+        elif variable in environ and action.dest != "app":
+            sources[name] = f"env {variable}"
+        elif name in file_values:
+            sources[name] = "file"
+    for name in file_only:
+        sources[name] = "file"
+    if sources.get("allowed_clients") in (None, "file") and "FCGI_WEB_SERVER_ADDRS" in environ:
+        # The variable every FastCGI library honours (libfcgi, flup, mod_fcgid's docs); as
+        # an environment variable it beats the file.
+        args.allowed_clients = environ["FCGI_WEB_SERVER_ADDRS"]
+        sources["allowed_clients"] = "env FCGI_WEB_SERVER_ADDRS"
+    return Settings(args, sources, config_file, file_only)
+
+
+def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> argparse.Namespace:
+    """Parse ``argv`` over ``FCGI_ASYNC_*`` variables from ``environ`` over the ``--config``
+    file over the defaults (see :func:`resolve_settings`).
+
+    Raises:
+        SystemExit: argparse's own exit: 0 after ``--help``/``--version``, 2 on a usage error
+            (the message is already on stderr).
+        ConfigFileError: the file is unreadable, or has an unknown or mistyped key.
+    """
+    return resolve_settings(argv, environ).args
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -421,6 +656,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         graceful_timeout_s=args.graceful_timeout,
         backlog=args.backlog,
         socket_mode=args.socket_mode,
+        socket_owner=args.socket_owner,
+        socket_group=args.socket_group,
+        pid_file=args.pid_file,
         allowed_clients=tuple(
             a.strip() for a in (args.allowed_clients or "").split(",") if a.strip()
         ),
@@ -438,6 +676,13 @@ def config_from_args(args: argparse.Namespace) -> Config:
         request_timeout_s=args.request_timeout,
         slowlog_timeout_s=args.slowlog_timeout,
         slowlog=args.slowlog or None,
+        status_path=args.status_path or None,
+        ping_path=args.ping_path or None,
+        ping_response=args.ping_response,
+        pool_name=args.pool_name,
+        access_log=args.access_log or None,
+        access_log_format=args.access_log_format,
+        error_log=args.error_log or None,
         extra={"bind_explicit": binds is not None},
     )
 
@@ -488,13 +733,18 @@ def _adapter(module: str, name: str) -> Callable[..., Application]:
     return factory
 
 
-def configure_logging(level: str) -> None:
-    """Log to stderr with time, pid, level and logger: enough to read at 3 a.m."""
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def configure_logging(
+    level: str, error_log: str | None = None, access_log: str | None = None
+) -> None:
+    """Log with time, pid, level and logger (enough to read at 3 a.m.) to stderr or
+    ``error_log``; access lines alone to ``access_log`` (see :mod:`fcgi_async.logs`).
+
+    Raises:
+        OSError: a log file cannot be opened.
+    """
+    from .logs import configure_logging as configure
+
+    configure(level, error_log, access_log)
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -508,30 +758,56 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         from .client.cli import main as call_main
 
         return call_main(args_list[1:])
-    try:
-        args = parse_args(args_list, os.environ if environ is None else environ)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
-    debug = args.log_level == "debug"
     log = logging.getLogger("fcgi_async")
+    checking = "--check-config" in args_list
+    try:
+        settings = resolve_settings(args_list, os.environ if environ is None else environ)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+        return 1 if checking and code else code  # --check-config: 0 valid, 1 not
+    except ConfigFileError as exc:
+        _fail(log, exc, False)
+        return 1
+    args = settings.args
+    debug = args.log_level == "debug"
     try:
         # Before logging is configured: a bad setting is a plain one-line error, and a
         # malformed --bind is reported before the app is imported (which may be slow).
-        config = config_from_args(args)
+        config = settings.config()
         for value in config.bind:
             parse_bind(value)
+        if args.check_config:
+            resolve_socket_owner(config.socket_owner, config.socket_group)
     except (ConfigError, BindError) as exc:
         _fail(log, exc, debug)
         return 1
-    configure_logging(args.log_level)
+    if args.check_config:
+        print(_describe_config(settings, config), end="")
+        return 0
     try:
+        configure_logging(args.log_level, config.error_log, config.access_log)
+    except OSError as exc:
+        _fail(log, exc, debug, with_type=True)
+        return 1
+    pid_file = PidFile(config.pid_file) if config.pid_file else None
+    try:
+        if pid_file is not None:
+            pid_file.check()  # before binding: a running instance is the likelier error
+        # systemd's variables leave our environment here, whatever we do with them.
+        inherited = systemd_listeners(
+            os.environ if environ is None else dict(environ), backlog=config.backlog
+        )
         if config.supervised:
-            return _run_supervisor(config)
+            return _run_supervisor(config, inherited, pid_file)
         app = load_application(config)
         from .runner import run as run_server
 
-        run_server(config, app)
-    except (AppLoadError, ConfigError, BindError) as exc:
+        def listening(server: object) -> None:
+            if pid_file is not None:
+                pid_file.write()
+
+        run_server(config, app, inherited=inherited, ready=listening)
+    except (AppLoadError, ConfigError, BindError, PidFileError) as exc:
         _fail(log, exc, debug)
         return 1
     except KeyboardInterrupt:
@@ -541,19 +817,40 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         # still gets one clear line; the traceback only with --log-level debug.
         _fail(log, exc, debug, with_type=True)
         return 1
+    finally:
+        if pid_file is not None:
+            pid_file.remove()
     return 0
 
 
-def _run_supervisor(config: Config) -> int:
-    """Bind in this process, then fork workers that import the app themselves."""
+def _describe_config(settings: Settings, config: Config) -> str:
+    """``--check-config``'s report: the effective settings as TOML, with their sources."""
+    where = f"config file {settings.config_file}" if settings.config_file else "no config file"
+    head = f"# fcgi-async {__version__}: configuration is valid ({where})\n"
+    return head + format_config(config, settings.sources)
+
+
+def _run_supervisor(
+    config: Config, inherited: Sequence[socket.socket], pid_file: PidFile | None
+) -> int:
+    """Bind in this process, then fork workers that import the app themselves.
+
+    The pid file holds this (the supervisor's) pid, written once the sockets are bound.
+    """
     from .server.listeners import close_listeners
     from .supervisor import Supervisor, bind_listeners
 
-    sockets = bind_listeners(config)
+    sockets = bind_listeners(config, inherited)
     try:
+        if pid_file is not None:
+            pid_file.write()
         return Supervisor(config, lambda: load_application(config), sockets).run()
     finally:
-        close_listeners(sockets)
+        # Only unix socket files we bound are removed: systemd's belong to the socket unit,
+        # and without a configured bind the only unix socket can be fd 0 (spawn-fcgi's).
+        explicit = bool(config.extra.get("bind_explicit", True))
+        close_listeners([s for s in sockets if all(s is not i for i in inherited)], unlink=explicit)
+        close_listeners(list(inherited), unlink=False)
 
 
 def _fail(log: logging.Logger, exc: BaseException, debug: bool, with_type: bool = False) -> None:

@@ -41,6 +41,13 @@ DEFAULT_PM_MAX_SPARE = 3
 DEFAULT_PM_IDLE_TIMEOUT_S = 10.0
 #: Seconds without a heartbeat before a worker counts as hung and is killed (gunicorn's 30).
 DEFAULT_WORKER_TIMEOUT_S = 30.0
+#: What the ping path answers (php-fpm's ping.response).
+DEFAULT_PING_RESPONSE = "pong"
+#: The status page's pool name (php-fpm's default pool is "www").
+DEFAULT_POOL_NAME = "www"
+#: php-fpm's access.format default (``%R - %u %t "%m %r%Q%q" %s``) plus the response size and
+#: the duration in milliseconds (see :mod:`fcgi_async.logs` for the codes).
+DEFAULT_ACCESS_LOG_FORMAT = '%R - %u %t "%m %U%Q%q" %s %b %{milliseconds}d'
 
 Interface = Literal["auto", "asgi", "wsgi"]
 LoopName = Literal["auto", "asyncio", "uvloop"]
@@ -87,6 +94,13 @@ class Config:
     graceful_timeout_s: float = DEFAULT_GRACEFUL_TIMEOUT_S
     backlog: int = DEFAULT_BACKLOG
     socket_mode: int | None = None
+    #: Owner and group given to the unix socket files we create (names or numeric ids;
+    #: php-fpm's listen.owner and listen.group). None leaves them to whoever we run as.
+    socket_owner: str | None = None
+    socket_group: str | None = None
+    #: Written with our pid once the sockets are bound (by the supervisor when there is
+    #: one), removed at a clean exit.
+    pid_file: str | None = None
     #: Who may connect over TCP (FCGI_WEB_SERVER_ADDRS, php-fpm's listen.allowed_clients):
     #: IP addresses or networks; empty means whoever can reach the socket. Unix sockets are
     #: guarded by their file mode instead.
@@ -102,6 +116,19 @@ class Config:
     max_requests: int = 0
     max_requests_jitter: int = 0
     worker_timeout_s: float = DEFAULT_WORKER_TIMEOUT_S
+    #: php-fpm's pm.status_path and ping.path: answered by the server itself, before the app,
+    #: for allowed clients only (see :mod:`fcgi_async.status`). None: passed to the app.
+    status_path: str | None = None
+    ping_path: str | None = None
+    ping_response: str = DEFAULT_PING_RESPONSE
+    #: The ``pool`` field of the status page (php-fpm's pool name).
+    pool_name: str = DEFAULT_POOL_NAME
+    #: Access log file ("-": standard output); None: no access log (and no cost per request).
+    access_log: str | None = None
+    #: The access log line, in the %-codes of :mod:`fcgi_async.logs`.
+    access_log_format: str = DEFAULT_ACCESS_LOG_FORMAT
+    #: The server's own log ("-": standard error, the default).
+    error_log: str | None = None
     extra: dict[str, object] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -150,6 +177,10 @@ class Config:
                 raise ConfigError(f"unknown role {role!r}: choose from {', '.join(_ROLE_NAMES)}")
         if self.socket_mode is not None and not 0 <= self.socket_mode <= 0o777:
             raise ConfigError(f"socket_mode must be between 000 and 777, got {self.socket_mode:o}")
+        for name in ("socket_owner", "socket_group", "pid_file"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ConfigError(f"{name} must be a non-empty string, got {value!r}")
         for client in self.allowed_clients:
             try:
                 ipaddress.ip_network(client, strict=False)
@@ -158,6 +189,25 @@ class Config:
                     f"allowed_clients: {client!r} is not an IP address or network"
                 ) from None
         self._check_process_manager()
+        self._check_operations()
+
+    def _check_operations(self) -> None:
+        for name in ("status_path", "ping_path"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.startswith("/")):
+                raise ConfigError(f"{name} must be a path starting with '/', got {value!r}")
+        if self.status_path is not None and self.status_path == self.ping_path:
+            raise ConfigError(f"status_path and ping_path are both {self.status_path!r}")
+        for name in ("access_log", "error_log"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ConfigError(f"{name} must be a file path or '-', got {value!r}")
+        from .logs import compile_access_format  # the codes live with the access log
+
+        try:
+            compile_access_format(self.access_log_format)
+        except ValueError as exc:
+            raise ConfigError(f"access_log_format: {exc}") from None
 
     def _check_process_manager(self) -> None:
         if self.pm not in ("static", "dynamic", "ondemand"):

@@ -11,6 +11,7 @@ from typing import Any
 
 from .config import Config
 from .importer import AppLoadError
+from .logs import reopen_log_files
 from .server import Server
 from .types import Application
 
@@ -37,27 +38,40 @@ async def serve(
     sockets: Sequence[socket.socket] | None = None,
     *,
     ready: Callable[[Server], Any] | None = None,
+    inherited: Sequence[socket.socket] = (),
 ) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    """Serve until SIGTERM or SIGINT, then shut down gracefully.
+
+    ``ready`` is called once the server listens; ``inherited`` are systemd's sockets (see
+    :class:`~fcgi_async.server.Server`).
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
         loop.add_signal_handler(sig, stop.set)
-    server = Server(config, app, sockets)
+    loop.add_signal_handler(signal.SIGUSR1, reopen_log_files)  # logrotate's postrotate
+    server = Server(config, app, sockets, inherited=inherited)
     await server.start()
-    if ready is not None:
-        ready(server)
     try:
+        if ready is not None:
+            ready(server)
         await stop.wait()
         logger.info("stopping: no new connections; finishing running requests")
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
         await server.shutdown()
     logger.info("stopped")
 
 
-def run(config: Config, app: Application, sockets: Sequence[socket.socket] | None = None) -> None:
+def run(
+    config: Config,
+    app: Application,
+    sockets: Sequence[socket.socket] | None = None,
+    *,
+    ready: Callable[[Server], Any] | None = None,
+    inherited: Sequence[socket.socket] = (),
+) -> None:
     """Create the configured event loop and :func:`serve` on it until stopped."""
     with asyncio.Runner(loop_factory=loop_factory(config.loop)) as runner:
-        runner.run(serve(config, app, sockets))
+        runner.run(serve(config, app, sockets, ready=ready, inherited=inherited))

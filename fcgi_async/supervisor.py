@@ -107,32 +107,40 @@ HANDLED_SIGNALS = (
 _WORKER_IGNORED = (signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU)
 
 
-def bind_listeners(config: Config) -> list[socket.socket]:
+def bind_listeners(config: Config, inherited: Sequence[socket.socket] = ()) -> list[socket.socket]:
     """Bind every configured listener in this (the parent) process.
 
-    Like the single-process server: without an explicit ``--bind``, a listening socket passed as
-    fd 0 by the web server (spawn-fcgi, mod_fcgid) is used instead.
+    Like the single-process server: without an explicit ``--bind``, the ``inherited`` sockets
+    (systemd socket activation) or else a listening socket passed as fd 0 by the web server
+    (spawn-fcgi, mod_fcgid) are used instead; with one, ``inherited`` are served besides it.
 
     Raises:
         BindError: an address is malformed or cannot be bound; nothing stays bound.
     """
-    if not config.extra.get("bind_explicit", True):
-        inherited = detect_fd0_listener()
-        if inherited is not None:
+    explicit = config.extra.get("bind_explicit", True)
+    if inherited and not explicit:
+        return list(inherited)
+    if not explicit:
+        fd0 = detect_fd0_listener()
+        if fd0 is not None:
             logger.info("using the listening socket passed as fd 0 by the web server")
-            return [inherited]
+            return [fd0]
     sockets: list[socket.socket] = []
     try:
         for value in config.bind:
             sockets.append(
                 bind_socket(
-                    parse_bind(value), backlog=config.backlog, socket_mode=config.socket_mode
+                    parse_bind(value),
+                    backlog=config.backlog,
+                    socket_mode=config.socket_mode,
+                    socket_owner=config.socket_owner,
+                    socket_group=config.socket_group,
                 )
             )
     except BaseException:
         close_listeners(sockets)
         raise
-    return sockets
+    return [*inherited, *sockets]
 
 
 def _hand_over(sockets: Sequence[socket.socket]) -> list[socket.socket]:
@@ -145,23 +153,15 @@ def _hand_over(sockets: Sequence[socket.socket]) -> list[socket.socket]:
 
 
 def reopen_log_files() -> int:
-    """Reopen every file handler of the root logger (after logrotate moved the files).
+    """Reopen every file handler of the root logger and the access log (after logrotate
+    moved the files); see :func:`fcgi_async.logs.reopen_log_files`.
 
     Returns:
         How many handlers were reopened.
     """
-    count = 0
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.acquire()
-            try:
-                old = handler.setStream(handler._open())
-            finally:
-                handler.release()
-            if old is not None:
-                old.close()
-            count += 1
-    return count
+    from .logs import reopen_log_files as reopen
+
+    return reopen()
 
 
 def _describe_status(status: int) -> str:
@@ -260,6 +260,8 @@ class Supervisor:
         self._spawn_not_before = 0.0
         self._last_scale_down = 0.0
         self._reload: _Reload | None = None
+        #: dynamic: the pool is at pm_max_children and wants more (counted once per episode).
+        self._at_max_children = False
 
     # ----------------------------------------------------------------------- main loop
     def run(self) -> int:
@@ -587,7 +589,9 @@ class Supervisor:
         elif pm == "dynamic":
             idle = self._idle(current)
             starting = [w for w in current if not w.ready]
-            if len(idle) + len(starting) < self.config.pm_min_spare:
+            short = len(idle) + len(starting) < self.config.pm_min_spare
+            self._note_max_children(short and len(current) >= self.target)
+            if short:
                 wanted = min(len(current) + 1, self.target)
             elif len(current) > self.target:  # SIGTTOU lowered the ceiling
                 wanted = self.target
@@ -614,6 +618,17 @@ class Supervisor:
         elif len(current) > wanted:
             idle = self._idle(current) or current
             self._retire(idle[-1], now, f"worker count lowered to {wanted}")
+
+    def _note_max_children(self, reached: bool) -> None:
+        """Count and warn once each time the pool wants a worker beyond pm_max_children
+        (php-fpm's "max children reached" on the status page)."""
+        if reached and not self._at_max_children:
+            self.scoreboard.count_max_children_reached()
+            logger.warning(
+                "pool reached --pm-max-children (%d) and has no spare worker; consider raising it",
+                self.target,
+            )
+        self._at_max_children = reached
 
     def _progress_reload(self, now: float) -> None:
         reload = self._reload
@@ -807,6 +822,7 @@ async def _serve_worker(
     state = server.state
     state.on_change = on_change
     state.on_recycle = on_recycle
+    state.scoreboard_slot = (board, slot)  # the status page adds up every worker's slot
     board.report(slot, state.active_requests, state.total_requests, time.monotonic())
     board.set_state(slot, WorkerState.IDLE if not state.active_requests else WorkerState.BUSY)
     beat = loop.create_task(_heartbeat(board, slot, os.getppid(), stop))

@@ -260,9 +260,10 @@ class RequestHandle:
             proto.transport.writelines(proto.codec.send_stdout(self.request_id, data))
 
     async def send_stderr(self, data: bytes) -> None:
-        """Send bytes on the STDERR stream."""
+        """Send bytes on the STDERR stream; each line is also logged with this request."""
         proto = await self._writable()
         if data:
+            _log_stderr(self, data)
             proto.transport.writelines(proto.codec.send_stderr(self.request_id, data))
 
     async def end(self, stdout: bytes = b"", app_status: int = 0) -> None:
@@ -469,7 +470,7 @@ class FastCGIProtocol(asyncio.Protocol):
             self.partial_since = self.loop.time()
 
     def _start_request(self, event: RequestReceived) -> None:
-        handle = RequestHandle(self, event)
+        handle = self.state.handle_class(self, event)
         self.requests[event.request_id] = handle
         self.idle_since = None
         handle.task = task = self.loop.create_task(self._run(handle))
@@ -691,6 +692,26 @@ class FastCGIProtocol(asyncio.Protocol):
             handle._disconnect()
         self.closed = True
         self.transport.abort()
+
+
+def _log_stderr(handle: RequestHandle, data: bytes) -> None:
+    """Log what an application sends on STDERR, one record per line, with its request.
+
+    Level WARNING, as php-fpm logs what its children say into stderr; the record carries
+    ``request_id``, ``request_method`` and ``request_uri`` attributes for structured handlers.
+    """
+    params = handle.params
+    method = params.get(b"REQUEST_METHOD", b"-").decode("latin-1")
+    uri = (params.get(b"REQUEST_URI") or params.get(b"SCRIPT_NAME") or b"-").decode(
+        "utf-8", "backslashreplace"
+    )
+    extra = {"request_id": handle.request_id, "request_method": method, "request_uri": uri}
+    log = handle.logger
+    for line in data.decode("utf-8", "backslashreplace").splitlines():
+        if line:
+            log.warning(
+                "request %d (%s %s) stderr: %s", handle.request_id, method, uri, line, extra=extra
+            )
 
 
 def _peer_allowed(

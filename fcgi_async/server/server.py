@@ -9,14 +9,18 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from ..protocol import FCGI_MAX_CONNS, FCGI_MAX_REQS, FCGI_MPXS_CONNS, Limits, Role
 from ..types import Application
-from .connection import FastCGIProtocol
+from .connection import FastCGIProtocol, RequestHandle
 from .listeners import bind_socket, close_listeners, describe, detect_fd0_listener, parse_bind
 from .timeouts import RequestWatch
+
+if TYPE_CHECKING:
+    from ..scoreboard import Scoreboard
+    from ..status import StatusApp
 
 logger = logging.getLogger("fcgi_async.server")
 
@@ -78,6 +82,24 @@ class ServerState:
             FCGI_MAX_REQS: str(max_reqs).encode(),
             FCGI_MPXS_CONNS: b"1" if config.multiplex else b"0",
         }
+        #: The listening sockets (set by Server.start): the status page's listen queue.
+        self.listeners: list[socket.socket] = []
+        #: (scoreboard, slot) of this process under a supervisor (the status page adds up
+        #: every slot); None inline.
+        self.scoreboard_slot: tuple[Scoreboard, int] | None = None
+        #: The class of request handles: a LoggedRequestHandle when the access log is on.
+        self.handle_class: type[RequestHandle] = RequestHandle
+        #: The status and ping endpoints in front of the app; None when neither is configured.
+        self.status: StatusApp | None = None
+        if config.status_path or config.ping_path:
+            from ..status import StatusApp
+
+            self.app = self.status = StatusApp(self.app, self)
+        if config.access_log is not None:
+            from ..logs import AccessLogApp, LoggedRequestHandle
+
+            self.handle_class = LoggedRequestHandle
+            self.app = AccessLogApp(self.app, self)
 
     def connection_opened(self, proto: FastCGIProtocol) -> bool:
         """Register a connection; False when over ``max_connections`` (caller closes it)."""
@@ -142,16 +164,24 @@ class Server:
         app: the application (an adapter, or any object with the Application shape).
         sockets: listening sockets to serve instead of binding ``config.bind`` (a supervisor
             binds in its parent and passes them here).
+        inherited: listening sockets passed to this process (systemd socket activation),
+            served instead of the default bind, or besides an explicitly configured one.
 
     Use ``await start()``, then ``await shutdown()``; or ``async with Server(...)``.
     """
 
     def __init__(
-        self, config: Config, app: Application, sockets: Sequence[socket.socket] | None = None
+        self,
+        config: Config,
+        app: Application,
+        sockets: Sequence[socket.socket] | None = None,
+        *,
+        inherited: Sequence[socket.socket] = (),
     ) -> None:
         self.config = config
         self.app = app
         self._given_sockets = list(sockets) if sockets is not None else None
+        self._inherited = list(inherited)
         self._sockets: list[socket.socket] = []
         self._owns_sockets = False
         #: Unix socket files we created, with their inode: removed at shutdown if still ours.
@@ -179,6 +209,8 @@ class Server:
             return self._given_sockets
         self._owns_sockets = True
         explicit = self.config.extra.get("bind_explicit", True)
+        if self._inherited and not explicit:
+            return list(self._inherited)
         if not explicit:
             inherited = detect_fd0_listener()
             if inherited is not None:
@@ -193,6 +225,8 @@ class Server:
                         addr,
                         backlog=self.config.backlog,
                         socket_mode=self.config.socket_mode,
+                        socket_owner=self.config.socket_owner,
+                        socket_group=self.config.socket_group,
                     )
                 )
                 if addr.kind == "unix":
@@ -201,7 +235,7 @@ class Server:
             close_listeners(sockets)
             self._unix_files.clear()
             raise
-        return sockets
+        return [*self._inherited, *sockets]
 
     async def start(self) -> None:
         """Bind, run the app's startup, then listen. Raises what binding or the startup raised.
@@ -235,6 +269,7 @@ class Server:
         except BaseException:
             await self._close_servers()
             raise
+        state.listeners = self._sockets
         self._ticker = loop.create_task(self._tick())
         for address in self.bound_addresses:
             logger.info("listening on %s", address)
@@ -246,6 +281,11 @@ class Server:
             now = state.loop.time()
             for proto in list(state.connections):
                 proto.check_timeouts(now)
+            if state.status is not None:
+                try:
+                    state.status.sample()
+                except Exception:  # the ticker must live on: idle timeouts depend on it
+                    logger.exception("sampling the status page's maxima failed")
             if state.watch is not None:
                 try:
                     state.watch.check(now)

@@ -1,0 +1,444 @@
+"""The access log, the log files, and what SIGUSR1 reopens.
+
+Access log theory of operation: with ``access_log`` set, the server builds each request's
+handle as a :class:`LoggedRequestHandle` and puts :class:`AccessLogApp` in front of the
+application. The handle reads the CGI header block of the *first* STDOUT chunk once (the
+``Status:`` line, or ``Location:`` for CGI's implicit 302; else 200) and counts the bytes
+after it; the line is written when the request's task ends, so a 500 the server sends for an
+application that failed is logged as 500. Without ``access_log`` none of this exists: plain
+handles, no wrapper, no cost per request.
+
+If the first chunk does not hold the whole header block (an application that sends its
+headers in pieces), the status is read from what it holds and every STDOUT byte counts as body.
+
+Access log format codes (php-fpm's ``access.format`` and gunicorn's ``access_log_format``
+where they agree; where they differ the choice is noted):
+
+=================  ==========================================================================
+``%h`` ``%R``      remote address: the REMOTE_ADDR param, else the web server's address
+``%l``             ``-`` (Apache's identd field, for the combined format)
+``%u``             REMOTE_USER, or ``-``
+``%t``             request start, ``[22/Nov/2026:05:31:20 +0000]`` (Apache and gunicorn
+                   style, with brackets; php-fpm prints it without)
+``%{FMT}t``        request start in ``strftime`` format FMT, without brackets
+``%m``             request method
+``%r``             request line: ``METHOD REQUEST_URI PROTOCOL`` (gunicorn; php-fpm's ``%r``
+                   is the URI, which is ``%U%Q%q`` here)
+``%U``             URI path, without the query (REQUEST_URI up to ``?``; else DOCUMENT_URI,
+                   else SCRIPT_NAME + PATH_INFO)
+``%q``             query string, without ``?``
+``%Q``             ``?`` when there is a query string, else nothing
+``%H``             protocol (SERVER_PROTOCOL)
+``%s``             status of the response
+``%b``             response body bytes, ``-`` for none
+``%B``             response body bytes, ``0`` for none
+``%d``             duration in seconds with 3 decimals; ``%{milliseconds}d`` (or ``mili``)
+                   and ``%{microseconds}d`` (or ``micro``) as php-fpm
+``%D``             duration in microseconds (gunicorn)
+``%M``             duration in milliseconds (gunicorn)
+``%T``             duration in whole seconds (gunicorn)
+``%p``             pid of the process that served the request
+``%i``             FastCGI request id
+``%{Header}i``     request header, from its ``HTTP_*`` param (``%{User-Agent}i``)
+``%a``             user agent (gunicorn; same as ``%{User-Agent}i``)
+``%{NAME}e``       any FastCGI param (``%{SCRIPT_FILENAME}e``)
+``%n``             pool name (php-fpm)
+``%%``             a ``%``
+=================  ==========================================================================
+
+Values that come from the request are escaped (``"`` and ``\\`` with a backslash, control
+characters as ``\\xNN``) so that one request is always one line a parser can split.
+
+Statuses without an answer from the application: ``499`` when the web server aborted the
+request before a response began (nginx's code for it), ``500`` when the server answered for
+a failed application.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TextIO
+
+from .protocol import RequestReceived
+from .server.connection import FastCGIProtocol, RequestHandle
+from .types import Application, Request
+
+if TYPE_CHECKING:
+    from .server.server import ServerState
+
+#: Logger of the access log lines (the message is the whole line).
+ACCESS_LOGGER = "fcgi_async.access"
+
+#: One compiled piece of a format: a literal, or a function of the finished request.
+Piece = str | Callable[["LoggedRequestHandle"], str]
+
+_CODE = re.compile(r"%(?:\{([^}]*)\})?(.)", re.DOTALL)
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+_ESCAPES[ord('"')] = '\\"'
+_ESCAPES[ord("\\")] = "\\\\"
+_DURATION_UNITS: dict[str, Callable[[float], str]] = {
+    "seconds": lambda s: f"{s:.3f}",
+    "milliseconds": lambda s: f"{s * 1e3:.3f}",
+    "mili": lambda s: f"{s * 1e3:.3f}",
+    "microseconds": lambda s: f"{s * 1e6:.0f}",
+    "micro": lambda s: f"{s * 1e6:.0f}",
+}
+
+
+def _escape(text: str) -> str:
+    if text.isprintable() and '"' not in text and "\\" not in text:
+        return text
+    return text.translate(_ESCAPES)
+
+
+def _param(handle: RequestHandle, name: bytes, default: str = "-") -> str:
+    value = handle.params.get(name)
+    if not value:
+        return default
+    return _escape(value.decode("utf-8", "backslashreplace"))
+
+
+def request_path(params: object) -> bytes:
+    """The path of a request: DOCUMENT_URI, else SCRIPT_NAME + PATH_INFO, else REQUEST_URI's.
+
+    ``params`` is the request's params mapping (bytes to bytes).
+    """
+    get = params.get  # type: ignore[attr-defined]
+    path: bytes | None = get(b"DOCUMENT_URI")
+    if path:
+        return path
+    joined: bytes = (get(b"SCRIPT_NAME") or b"") + (get(b"PATH_INFO") or b"")
+    if joined:
+        return joined
+    uri: bytes = get(b"REQUEST_URI") or b""
+    return uri.partition(b"?")[0]
+
+
+def _uri_path(handle: RequestHandle) -> str:
+    uri = handle.params.get(b"REQUEST_URI")
+    path = uri.partition(b"?")[0] if uri else request_path(handle.params)
+    return _escape(path.decode("utf-8", "backslashreplace")) if path else "-"
+
+
+def _query(handle: RequestHandle) -> str:
+    return _param(handle, b"QUERY_STRING", "")
+
+
+def _request_line(handle: RequestHandle) -> str:
+    uri = handle.params.get(b"REQUEST_URI")
+    target = _escape(uri.decode("utf-8", "backslashreplace")) if uri else _uri_path(handle)
+    return f"{_param(handle, b'REQUEST_METHOD')} {target} {_param(handle, b'SERVER_PROTOCOL')}"
+
+
+def _remote(handle: RequestHandle) -> str:
+    addr = handle.params.get(b"REMOTE_ADDR")
+    return _escape(addr.decode("latin-1")) if addr else handle.peer
+
+
+def _time(fmt: str | None) -> Callable[[LoggedRequestHandle], str]:
+    fmt = fmt or "[%d/%b/%Y:%H:%M:%S %z]"
+    cache: list[object] = [-1, ""]  # the last second formatted, and its text
+
+    def when(h: LoggedRequestHandle) -> str:
+        second = int(h.log_started)
+        if cache[0] != second:
+            cache[:] = [second, time.strftime(fmt, time.localtime(second))]
+        return cache[1]  # type: ignore[return-value]
+
+    return when
+
+
+_pid = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
+
+
+def _header(name: str) -> Callable[[LoggedRequestHandle], str]:
+    key = b"HTTP_" + name.upper().replace("-", "_").encode("latin-1")
+    return lambda h: _param(h, key)
+
+
+def _env(name: str) -> Callable[[LoggedRequestHandle], str]:
+    key = name.encode("latin-1")
+    return lambda h: _param(h, key)
+
+
+def _duration(unit: Callable[[float], str]) -> Callable[[LoggedRequestHandle], str]:
+    return lambda h: unit(h.duration_s())
+
+
+def _bytes_or_dash(h: LoggedRequestHandle) -> str:
+    size = h.body_bytes
+    return str(size) if size else "-"
+
+
+_SIMPLE: dict[str, Callable[[LoggedRequestHandle], str]] = {
+    "h": _remote,
+    "R": _remote,
+    "l": lambda h: "-",
+    "u": lambda h: _param(h, b"REMOTE_USER"),
+    "m": lambda h: _param(h, b"REQUEST_METHOD"),
+    "r": _request_line,
+    "U": _uri_path,
+    "q": _query,
+    "Q": lambda h: "?" if h.params.get(b"QUERY_STRING") else "",
+    "H": lambda h: _param(h, b"SERVER_PROTOCOL"),
+    "s": lambda h: str(h.final_status()),
+    "b": _bytes_or_dash,
+    "B": lambda h: str(h.body_bytes),
+    "D": lambda h: str(round(h.duration_s() * 1e6)),
+    "M": lambda h: str(round(h.duration_s() * 1e3)),
+    "T": lambda h: str(int(h.duration_s())),
+    "p": lambda h: str(_pid[0]),
+    "i": lambda h: str(h.request_id),
+    "a": lambda h: _param(h, b"HTTP_USER_AGENT"),
+    "n": lambda h: h.pool_name,
+}
+
+
+def compile_access_format(fmt: str) -> list[Piece]:
+    """Compile an access log format into literals and value functions.
+
+    Raises:
+        ValueError: an unknown ``%``-code, a code that needs ``{...}`` without it, or a
+            lone ``%`` at the end; the message names it.
+    """
+    pieces: list[Piece] = []
+    pos = 0
+    for match in _CODE.finditer(fmt):
+        if match.start() > pos:
+            pieces.append(fmt[pos : match.start()])
+        pos = match.end()
+        arg, code = match.group(1), match.group(2)
+        if code == "%" and arg is None:
+            pieces.append("%")
+        elif code == "t":
+            pieces.append(_time(arg))
+        elif code == "d":
+            unit = _DURATION_UNITS.get(arg or "seconds")
+            if unit is None:
+                choices = ", ".join(_DURATION_UNITS)
+                raise ValueError(f"%{{{arg}}}d: unknown unit {arg!r}; choose from {choices}")
+            pieces.append(_duration(unit))
+        elif code == "i" and arg is not None:
+            pieces.append(_header(arg))
+        elif code == "e":
+            if not arg:
+                raise ValueError("%e needs a param name: %{NAME}e")
+            pieces.append(_env(arg))
+        elif arg is None and code in _SIMPLE:
+            pieces.append(_SIMPLE[code])
+        else:
+            raise ValueError(f"unknown code {match.group(0)!r} (see the README's access log codes)")
+    rest = fmt[pos:]
+    if "%" in rest:
+        raise ValueError(f"a lone '%' at the end of {fmt!r}; write %% for a percent sign")
+    if rest:
+        pieces.append(rest)
+    return pieces
+
+
+class LoggedRequestHandle(RequestHandle):
+    """A :class:`RequestHandle` that notes what the access log needs (only built when on)."""
+
+    __slots__ = ("_head_len", "_sent", "_t0", "log_started", "log_status", "pool_name")
+
+    def __init__(self, proto: FastCGIProtocol, event: RequestReceived) -> None:
+        super().__init__(proto, event)
+        #: Wall-clock time the request arrived.
+        self.log_started = time.time()
+        self._t0 = time.perf_counter()
+        #: The status read from the first STDOUT chunk; None until one was sent.
+        self.log_status: int | None = None
+        self._head_len = 0
+        self._sent = 0
+        self.pool_name: str = proto.state.config.pool_name
+
+    def _sniff(self, data: bytes) -> None:
+        """Read the status from the first chunk's CGI header block; note the block's size."""
+        end = data.find(b"\r\n\r\n")
+        if end >= 0:
+            self._head_len = end + 4
+        else:
+            end = data.find(b"\n\n")
+            self._head_len = end + 2 if end >= 0 else 0
+        head = data[: end if end >= 0 else len(data)]
+        status = 200
+        for line in head.split(b"\n"):
+            name = line[:9].lower()
+            if name.startswith(b"status:"):
+                try:
+                    status = int(line[7:].split(None, 1)[0])
+                except (ValueError, IndexError):
+                    status = 200
+                break
+            if name.startswith(b"location:"):
+                status = 302  # CGI/1.1: a Location without Status is a redirect
+        self.log_status = status
+
+    async def send_stdout(self, data: bytes) -> None:
+        """As :meth:`RequestHandle.send_stdout`, noting status and size."""
+        if data and self.log_status is None:
+            self._sniff(data)
+        await super().send_stdout(data)
+        self._sent += len(data)
+
+    async def end(self, stdout: bytes = b"", app_status: int = 0) -> None:
+        """As :meth:`RequestHandle.end`, noting status and size."""
+        if stdout and self.log_status is None:
+            self._sniff(stdout)
+        await super().end(stdout, app_status)
+        self._sent += len(stdout)
+
+    def time_out(self) -> str:
+        """As :meth:`RequestHandle.time_out`; a 504 it sends is the status to log."""
+        if self.log_status is None and not (
+            self.done or self.disconnected or self._proto.closed or self.response_started
+        ):
+            self.log_status = 504
+        return super().time_out()
+
+    @property
+    def body_bytes(self) -> int:
+        """Response body bytes sent (STDOUT bytes after the header block)."""
+        return max(self._sent - self._head_len, 0)
+
+    def final_status(self) -> int:
+        """The status to log: the app's, else 499 (aborted first) or 500 (server's answer)."""
+        if self.log_status is not None:
+            return self.log_status
+        return 499 if self.disconnected else 500
+
+    def duration_s(self) -> float:
+        """Seconds since the request arrived."""
+        return time.perf_counter() - self._t0
+
+
+class AccessLogApp:
+    """In front of the application: writes one access log line when each request's task ends.
+
+    Args:
+        app: the application (or the status endpoints in front of it).
+        state: the server's state, whose handles are :class:`LoggedRequestHandle`.
+    """
+
+    def __init__(self, app: Application, state: ServerState) -> None:
+        self.app = app
+        self.pieces = compile_access_format(state.config.access_log_format)
+        self.logger = logging.getLogger(ACCESS_LOGGER)
+
+    def format(self, handle: LoggedRequestHandle) -> str:
+        """The access log line of a finished request."""
+        return "".join(p if isinstance(p, str) else p(handle) for p in self.pieces)
+
+    def _write(self, handle: LoggedRequestHandle) -> None:
+        try:
+            self.logger.info("%s", self.format(handle))
+        except Exception:
+            logging.getLogger("fcgi_async.server").exception("cannot write the access log")
+
+    async def __call__(self, request: Request) -> None:
+        """Serve the request; its line is written once its task is done (500s included)."""
+        task = asyncio.current_task()
+        if isinstance(request, LoggedRequestHandle) and task is not None:
+            task.add_done_callback(lambda _task: self._write(request))
+        await self.app(request)
+
+    async def startup(self) -> None:
+        """The application's startup."""
+        await self.app.startup()
+
+    async def shutdown(self) -> None:
+        """The application's shutdown."""
+        await self.app.shutdown()
+
+
+# ------------------------------------------------------------------------- log files
+_LINE_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
+#: Marks the handlers configure_logging installed (a second call replaces them).
+_MARK = "_fcgi_async_handler"
+
+
+def _handler(target: str, default_stream: TextIO) -> logging.Handler:
+    if target == "-":
+        return logging.StreamHandler(default_stream)
+    return logging.FileHandler(target, encoding="utf-8")
+
+
+def configure_logging(
+    level: str, error_log: str | None = None, access_log: str | None = None
+) -> None:
+    """The CLI's logging: the server's log to ``error_log`` (stderr by default), access
+    lines alone to ``access_log`` ("-": stdout).
+
+    Like :func:`logging.basicConfig`, the default stderr handler is only added to a root
+    logger without handlers; a given ``error_log`` always is. Handlers from an earlier call
+    are replaced. The access logger logs at INFO whatever ``level`` is and does not propagate,
+    so its lines never reach the error log (or the application's own root handlers).
+
+    Raises:
+        OSError: a log file cannot be opened.
+    """
+    root = logging.getLogger()
+    access = logging.getLogger(ACCESS_LOGGER)
+    for logger in (root, access):
+        for old in [h for h in logger.handlers if getattr(h, _MARK, False)]:
+            logger.removeHandler(old)
+            old.close()
+    if error_log is not None or not root.handlers:
+        handler = _handler(error_log or "-", sys.stderr)
+        handler.setFormatter(logging.Formatter(_LINE_FORMAT))
+        setattr(handler, _MARK, True)
+        root.addHandler(handler)
+        root.setLevel(level.upper())
+    if access_log is not None:
+        access_handler = _handler(access_log, sys.stdout)
+        access_handler.setFormatter(logging.Formatter("%(message)s"))
+        setattr(access_handler, _MARK, True)
+        access.addHandler(access_handler)
+        access.setLevel(logging.INFO)
+        access.propagate = False
+
+
+def log_file_handlers() -> list[logging.FileHandler]:
+    """Every file handler of the root logger and of the access logger (what SIGUSR1 reopens)."""
+    handlers: list[logging.FileHandler] = []
+    for logger in (logging.getLogger(), logging.getLogger(ACCESS_LOGGER)):
+        handlers.extend(h for h in logger.handlers if isinstance(h, logging.FileHandler))
+    return handlers
+
+
+def reopen_log_files() -> int:
+    """Reopen the error and access log files (SIGUSR1, after logrotate moved them).
+
+    Returns:
+        How many handlers were reopened.
+    """
+    count = 0
+    for handler in log_file_handlers():
+        handler.acquire()
+        try:
+            old = handler.setStream(handler._open())
+        finally:
+            handler.release()
+        if old is not None:
+            old.close()
+        count += 1
+    return count
+
+
+__all__ = [
+    "ACCESS_LOGGER",
+    "AccessLogApp",
+    "LoggedRequestHandle",
+    "compile_access_format",
+    "configure_logging",
+    "log_file_handlers",
+    "reopen_log_files",
+    "request_path",
+]
