@@ -16,7 +16,6 @@ from typing import Any
 from wsgiref.validate import validator
 
 import pytest
-from anyio import from_thread
 from fcgi_async.adapters.wsgi import (
     FILE_BLOCK_SIZE,
     INTERNAL_ERROR_RESPONSE,
@@ -40,6 +39,16 @@ async def serve(app: Any, req: FakeRequest | None = None, **kwargs: Any) -> Fake
     req = req if req is not None else FakeRequest()
     await WSGIAdapter(app, **kwargs)(req)
     return req
+
+
+def on_loop(loop: asyncio.AbstractEventLoop, func: Callable[[], object]) -> None:
+    """From an application thread: run ``func`` on the loop and wait for it (asyncio objects
+    are not thread-safe)."""
+
+    async def call() -> None:
+        func()
+
+    asyncio.run_coroutine_threadsafe(call(), loop).result(5)
 
 
 async def until(predicate: Callable[[], bool]) -> None:
@@ -253,6 +262,29 @@ async def test_httpoxy_stripped_and_os_environ_untouched() -> None:
     assert env["HTTP_HOST"] == "example.com"
     assert dict(os.environ) == before
     assert os.environ.get("HTTP_HOST") != "example.com"
+
+
+async def test_environ_is_the_same_on_later_requests_and_many_header_names() -> None:
+    # Decoded param names are cached by the adapter, a bounded number of them.
+    from fcgi_async.adapters.wsgi import _MAX_CACHED_NAMES
+
+    seen: list[Environ] = []
+    adapter = WSGIAdapter(validator(capture(seen)))
+    many = {f"HTTP_X_{i}": str(i) for i in range(_MAX_CACHED_NAMES + 10)}
+    params = {"HTTP_PROXY": "http://evil:1", "HTTP_CONTENT_LENGTH": "3", "HTTP_X_É": "é"}
+    for extra in ({}, many, many, {}):
+        await adapter(FakeRequest({**params, **extra}))
+    first, second, third, fourth = seen
+    assert first.keys() == fourth.keys()
+    assert {k: v for k, v in first.items() if k.isupper()} == {
+        k: v for k, v in fourth.items() if k.isupper()
+    }
+    assert "HTTP_PROXY" not in fourth
+    assert "HTTP_CONTENT_LENGTH" not in fourth
+    assert fourth["HTTP_X_É"] == "é"
+    assert second.keys() == third.keys()
+    assert all(third[name] == value for name, value in many.items())
+    await adapter.shutdown()
 
 
 async def test_https_scheme() -> None:
@@ -889,10 +921,11 @@ async def test_close_failure_is_an_application_error(caplog: pytest.LogCaptureFi
 async def test_validator_sees_close_on_disconnect() -> None:
     # wsgiref.validate asserts in __del__ when its iterator is never closed.
     req = FakeRequest()
+    loop = asyncio.get_running_loop()
 
     def app(environ: Environ, start_response: StartResponse) -> Iterator[bytes]:
         start_response("200 OK", [("Content-Type", "text/plain")])
-        from_thread.run_sync(req.disconnect)  # on the loop: asyncio is not thread-safe
+        on_loop(loop, req.disconnect)
         yield b"a"
         yield b"b"
 
@@ -981,9 +1014,10 @@ async def test_stderr_partial_line_flushed_before_500() -> None:
 async def test_disconnected_error_is_logged_at_debug(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger=ADAPTER_LOG)
     req = FakeRequest()
+    loop = asyncio.get_running_loop()
 
     def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
-        from_thread.run_sync(req.disconnect)  # on the loop: asyncio is not thread-safe
+        on_loop(loop, req.disconnect)
         raise RuntimeError("because the client left")
 
     await serve(app, req)
@@ -996,10 +1030,11 @@ async def test_disconnected_error_is_logged_at_debug(caplog: pytest.LogCaptureFi
 
 async def test_client_gone_at_end_is_quiet(caplog: pytest.LogCaptureFixture) -> None:
     req = FakeRequest()
+    loop = asyncio.get_running_loop()
 
     def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
         start_response("200 OK", [])
-        from_thread.run_sync(req.disconnect)  # on the loop: asyncio is not thread-safe
+        on_loop(loop, req.disconnect)
         return [b"x"]
 
     await serve(app, req)
@@ -1009,11 +1044,12 @@ async def test_client_gone_at_end_is_quiet(caplog: pytest.LogCaptureFixture) -> 
 
 async def test_write_on_gone_client_raises_client_disconnected() -> None:
     req = FakeRequest()
+    loop = asyncio.get_running_loop()
     raised: list[BaseException] = []
 
     def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
         write = start_response("200 OK", [])
-        from_thread.run_sync(req.disconnect)  # on the loop: asyncio is not thread-safe
+        on_loop(loop, req.disconnect)
         try:
             write(b"x")
         except OSError as exc:
@@ -1138,6 +1174,153 @@ async def test_app_runs_off_the_event_loop_thread() -> None:
     await serve(app)
     assert len(seen) == 2
     assert loop_thread not in seen
+
+
+def pool_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("fcgi-async-wsgi-")]
+
+
+async def test_threads_start_as_needed_and_stop_at_shutdown() -> None:
+    before = set(pool_threads())
+    gate = threading.Event()
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        gate.wait(5)
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    adapter = WSGIAdapter(app, threads=3)
+    await adapter.startup()
+    gate.set()
+    await adapter(FakeRequest())  # one request at a time needs one thread
+    await adapter(FakeRequest())
+    gate.clear()
+    assert len(set(pool_threads()) - before) == 1
+    tasks = [asyncio.create_task(adapter(FakeRequest())) for _ in range(5)]
+    await until(lambda: len(set(pool_threads()) - before) == 3)
+    gate.set()
+    await asyncio.gather(*tasks)
+    assert len(set(pool_threads()) - before) == 3  # never more than `threads`
+    ours = set(pool_threads()) - before
+    assert all(t.daemon for t in ours)
+    await adapter.shutdown()
+    await adapter.shutdown()
+    for t in ours:
+        t.join(5)
+        assert not t.is_alive()
+    # A later request (tests, a restarted server) gets a new pool.
+    req = FakeRequest()
+    await adapter(req)
+    assert req.ended
+    await adapter.shutdown()
+
+
+async def test_cancelled_request_lets_its_thread_finish() -> None:
+    started = threading.Event()
+    release = threading.Event()
+    finished: list[str] = []
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        if environ["PATH_INFO"] == "/slow":
+            started.set()
+            release.wait(5)
+            finished.append("slow")
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    adapter = WSGIAdapter(app, threads=1)
+    slow = FakeRequest({"REQUEST_URI": "/slow"})
+    task = asyncio.create_task(adapter(slow))
+    await until(started.is_set)
+    task.cancel()  # the server's shutdown cancels requests past the graceful timeout
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    release.set()
+    req = FakeRequest()
+    await adapter(req)  # the one thread is free again: the slow job was delivered, dropped
+    assert finished == ["slow"]
+    assert req.ended
+    assert not slow.ended
+    await adapter.shutdown()
+
+
+def test_thread_outliving_its_closed_loop() -> None:
+    # The event loop is closed while the application still runs (the process is exiting):
+    # its I/O fails with RuntimeError and the result is dropped; the thread serves on.
+    started = threading.Event()
+    release = threading.Event()
+    errors: list[BaseException] = []
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        write = start_response("200 OK", [])
+        if environ["PATH_INFO"] == "/first":
+            started.set()
+            release.wait(5)
+            try:
+                write(b"too late")
+            except RuntimeError as exc:
+                errors.append(exc)
+        return [b"ok"]
+
+    adapter = WSGIAdapter(app, threads=1)
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(adapter(FakeRequest({"REQUEST_URI": "/first"})))
+    loop.run_until_complete(asyncio.wait([loop.run_in_executor(None, started.wait, 5)]))
+    task.cancel()
+    loop.run_until_complete(asyncio.wait([task]))
+    loop.close()
+    release.set()
+    req = FakeRequest()
+    asyncio.run(adapter(req))
+    assert req.ended
+    assert len(errors) == 1
+    assert "closed" in str(errors[0])
+
+
+async def test_write_cancelled_by_the_loop_raises_client_disconnected() -> None:
+    # At exit, asyncio cancels every task, a write waiting on flow control included.
+    raised: list[BaseException] = []
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        write = start_response("200 OK", [])
+        try:
+            write(b"blocked")
+        except OSError as exc:
+            raised.append(exc)
+            raise
+        return []  # pragma: no cover
+
+    req = FakeRequest()
+    req.writable.clear()
+    adapter = WSGIAdapter(app)
+    task = asyncio.create_task(adapter(req))
+    ours = {asyncio.current_task(), task}
+    await until(lambda: len(asyncio.all_tasks() - ours) == 1)
+    [write] = asyncio.all_tasks() - ours
+    write.cancel()
+    await task
+    assert isinstance(raised[0], ClientDisconnected)
+    assert not req.ended
+    await adapter.shutdown()
+
+
+async def test_each_request_runs_in_its_own_context() -> None:
+    import contextvars
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    seen: list[str] = []
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        seen.append(var.get())
+        var.set(environ["PATH_INFO"])
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    adapter = WSGIAdapter(app, threads=1)
+    for path in ("/a", "/b"):
+        await adapter(FakeRequest({"REQUEST_URI": path}))
+    assert seen == ["unset", "unset"]  # nothing leaks from the previous request
+    await adapter.shutdown()
 
 
 # -- Flask ------------------------------------------------------------------------------------
@@ -1346,9 +1529,10 @@ async def test_errors_stop_sending_once_the_client_is_gone(
 ) -> None:
     caplog.set_level(logging.INFO)
     req = FakeRequest()
+    loop = asyncio.get_running_loop()
 
     def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
-        from_thread.run_sync(req.disconnect)  # on the loop: asyncio is not thread-safe
+        on_loop(loop, req.disconnect)
         environ["wsgi.errors"].write("one\n")
         environ["wsgi.errors"].write("two\n")
         environ["wsgi.errors"].write("three")
@@ -1453,11 +1637,12 @@ async def test_partial_errors_line_is_logged_even_when_the_client_left(
 ) -> None:
     caplog.set_level(logging.INFO)
     req = FakeRequest()
+    loop = asyncio.get_running_loop()
 
     def app(environ: Environ, start_response: StartResponse) -> Iterator[bytes]:
         environ["wsgi.errors"].write("last words")
         start_response("200 OK", [])
-        from_thread.run_sync(req.disconnect)  # on the loop: asyncio is not thread-safe
+        on_loop(loop, req.disconnect)
         yield b"x"
 
     await serve(app, req)
