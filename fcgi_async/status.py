@@ -37,7 +37,8 @@ runs inline:
 Query options as php-fpm's: ``?json``, ``?openmetrics``, ``?full`` (per worker rows: pid,
 state, start time, start since, requests, request duration (µs), request method, request URI,
 content length; php-fpm's user, script, last request cpu and memory are ``-``/0). The rows show
-each worker's current request, or its last one when idle. OpenMetrics text uses php-fpm's
+each worker's current request, or its last one when idle. php-fpm's ``?html`` and ``?xml`` are
+not offered (plain text is answered). OpenMetrics text uses php-fpm's
 ``phpfpm_*`` metric names, with ``_total`` on counters as the format requires.
 """
 
