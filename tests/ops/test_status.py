@@ -394,3 +394,21 @@ async def test_max_children_reached(tmp_path: Path) -> None:
             assert doc["process manager"] == "dynamic"
         finally:
             await slow
+
+
+async def test_accepted_conn_keeps_what_recycled_workers_served(tmp_path: Path) -> None:
+    with supervisor(tmp_path, "--workers", "2", "--max-requests", "4") as sock:
+        sent = 0
+        deadline = time.monotonic() + 20
+        pids: set[int] = set()
+        while len(pids) < 5:  # at least three workers recycled
+            assert time.monotonic() < deadline, f"only saw workers {pids}"
+            try:
+                pids.add(int((await fcgi_request(sock, params_for("/"))).body))
+                sent += 1
+            except (OSError, ValueError):
+                await asyncio.sleep(0.05)
+        doc = json.loads((await fcgi_request(sock, params_for("/status?json&full"))).body)
+        sent += 1
+        assert doc["accepted conn"] == sent
+        assert sum(row["requests"] for row in doc["processes"]) < sent
