@@ -176,10 +176,15 @@ def _work(jobs: SimpleQueue[_Job | None]) -> None:
         run, arg, future, loop, deliver = job
         del job  # nothing of a finished job may outlive it (see _WorkerPool)
         state.loop = loop
-        try:
-            result, ok = run(arg), True
-        except BaseException as exc:  # handed to the awaiting task, which re-raises it
-            result, ok = exc, False
+        if future.cancelled():
+            # The request ended while its job waited for a thread (--request-timeout, a
+            # shutdown): its application code must not run for nobody.
+            result, ok = None, False
+        else:
+            try:
+                result, ok = run(arg), True
+            except BaseException as exc:  # handed to the awaiting task, which re-raises it
+                result, ok = exc, False
         try:
             loop.call_soon_threadsafe(deliver, future, ok, result)
         except RuntimeError:  # the loop is closed: nobody waits for the result any more

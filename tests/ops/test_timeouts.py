@@ -439,6 +439,37 @@ async def test_wsgi_thread_that_ignores_the_timeout_is_reported_and_recycled(
     assert len(reasons) == 1
 
 
+async def test_a_wsgi_request_that_timed_out_waiting_for_a_thread_never_runs(
+    serve: Callable[..., Any],
+) -> None:
+    release = threading.Event()
+    ran: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        path = environ["PATH_INFO"]
+        ran.append(path)
+        if path == "/block":
+            release.wait(20)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [path.encode()]
+
+    server = await serve(WSGIAdapter(app, threads=1), request_timeout_s=1)
+    try:
+        async with FastCGIClient(server.bound_addresses[0]) as client:
+            blocked = asyncio.ensure_future(client.request(_params("/block"), timeout=10))
+            await wait_until(lambda: ran == ["/block"])
+            queued = await client.request(_params("/queued"), timeout=10)  # no thread is free
+            assert queued.status_code == 504
+            assert (await blocked).status_code == 504
+            release.set()
+            # The one thread takes jobs in order: once /fast is answered, /queued was skipped.
+            fast = await client.request(_params("/fast"), timeout=10)
+            assert fast.body == b"/fast"
+    finally:
+        release.set()
+    assert ran == ["/block", "/fast"]
+
+
 def _asgi_slow_app(gate: asyncio.Event) -> Application:
     async def crunch_numbers_slowly() -> None:
         await gate.wait()
