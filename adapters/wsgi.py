@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
@@ -222,6 +223,14 @@ class _WorkerPool:
         #: Jobs submitted and not yet delivered (only the loop thread touches it).
         self._busy = 0
         self._close = weakref.finalize(self, _stop_workers, self._jobs, size)
+        _pools.add(self)
+
+    def _forked(self) -> None:
+        """In a child process: the threads did not survive the fork; start again without."""
+        self._close.detach()
+        self._jobs = SimpleQueue()
+        self._started = self._busy = 0
+        self._close = weakref.finalize(self, _stop_workers, self._jobs, self._size)
 
     def submit(
         self,
@@ -256,6 +265,20 @@ class _WorkerPool:
     def close(self) -> None:
         """Stop the threads once they are done with the jobs already queued."""
         self._close()
+
+
+#: Every live pool: a pool used before a fork (an application served in the supervisor
+#: before it forks its workers) would wait forever for threads the child does not have.
+_pools: weakref.WeakSet[_WorkerPool] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_pools):
+        pool._forked()
+
+
+# (Where there is no fork there is no register_at_fork either.)
+getattr(os, "register_at_fork", lambda **_: None)(after_in_child=_after_fork_in_child)
 
 
 class Readable(Protocol):

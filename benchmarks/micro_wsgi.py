@@ -2,9 +2,10 @@
 
 Not part of the harness (``run.py``): no nginx, no sockets. It drives the real server protocol
 (codec, request handles, the adapter and its worker threads) over ``--conns`` fake keep-alive
-connections, each sending its next nginx-shaped ``GET /`` as soon as the previous response's
+connections, each sending its next nginx-shaped ``GET /hello`` as soon as the previous response's
 END_REQUEST is written, so ``--conns`` requests are always in flight, as behind nginx with
-``wrk -c32``. The app is the 13-byte raw WSGI hello of ``apps/raw_wsgi.py``.
+``wrk -c32``. The app is the 13-byte raw WSGI hello of ``apps/raw_wsgi.py`` (``--app`` for
+others).
 
 It reports, per implementation, the median over ``--rounds`` of wall time and of CPU time (the
 process's, all threads: what the request costs us on a shared machine) per request. Give
@@ -24,10 +25,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import resource
 import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -43,9 +46,9 @@ PARAMS = {
     b"CONTENT_TYPE": b"",
     b"CONTENT_LENGTH": b"",
     b"SCRIPT_NAME": b"",
-    b"PATH_INFO": b"/",
-    b"REQUEST_URI": b"/",
-    b"DOCUMENT_URI": b"/",
+    b"PATH_INFO": b"/hello",
+    b"REQUEST_URI": b"/hello",
+    b"DOCUMENT_URI": b"/hello",
     b"DOCUMENT_ROOT": b"/usr/share/nginx/html",
     b"SERVER_PROTOCOL": b"HTTP/1.1",
     b"REQUEST_SCHEME": b"http",
@@ -84,8 +87,20 @@ def stream(environ: dict[str, Any], start_response: Callable[..., Any]) -> Itera
         yield b"x" * 1024
 
 
+def flask() -> Any:
+    """The Flask hello of ``benchmarks/apps/flask_app.py``."""
+    sys.path.insert(0, str(Path(__file__).parent / "apps"))
+    from flask_app import app
+
+    return app
+
+
 STREAM_CHUNKS = 8
-APPS = {"hello": hello, "stream": stream}
+APPS: dict[str, Callable[[], Any]] = {
+    "hello": lambda: hello,
+    "stream": lambda: stream,
+    "flask": flask,
+}
 
 
 class _Conn:
@@ -155,18 +170,26 @@ class _Bench:
         elif not self.left and self.done is not None:
             self.done.set_result(None)
 
-    async def run(self, requests: int) -> tuple[float, float]:
-        """Serve ``requests`` requests; (wall s, CPU s)."""
+    async def run(self, requests: int) -> tuple[float, float, float]:
+        """Serve ``requests`` requests; (wall s, CPU s, context switches)."""
         self.done = self.loop.create_future()
         self.left = requests
         self.to_send = requests
+        switches0 = _switches()
         cpu0, wall0 = time.process_time(), time.perf_counter()
         for conn in self.conns:
             if self.to_send:
                 self.to_send -= 1
                 conn.send()
         await self.done
-        return time.perf_counter() - wall0, time.process_time() - cpu0
+        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        return wall, cpu, _switches() - switches0
+
+
+def _switches() -> int:
+    """Context switches of this process so far, all threads (voluntary and not)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_nvcsw + usage.ru_nivcsw
 
 
 def _load(path: str, index: int) -> ModuleType:
@@ -187,26 +210,28 @@ async def _main(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     benches: list[tuple[str, _Bench, Any]] = []
     for i, path in enumerate(args.impl or ["installed"]):
-        adapter = _load(path, i).WSGIAdapter(APPS[args.app], threads=args.threads)
+        adapter = _load(path, i).WSGIAdapter(APPS[args.app](), threads=args.threads)
         await adapter.startup()
         bench = _Bench(loop, adapter, args.conns)
         first = bench.conns[0]
         first.written = []
         await bench.run(max(args.requests // 10, 200))  # warm-up: threads, caches
         if b"Status: 200 OK" not in first.written[0] or (
-            args.app == "hello" and b"Hello, world!" not in first.written[0]
+            args.app != "stream" and b"Hello, world!" not in first.written[0]
         ):
             raise SystemExit(f"{path}: wrong response {first.written[0]!r}")
         first.written = None
         benches.append((path, bench, adapter))
     walls: dict[str, list[float]] = {path: [] for path, _, _ in benches}
     cpus: dict[str, list[float]] = {path: [] for path, _, _ in benches}
+    switches: dict[str, list[float]] = {path: [] for path, _, _ in benches}
     for r in range(args.rounds):
         order = benches if r % 2 == 0 else benches[::-1]
         for path, bench, _ in order:
-            wall, cpu = await bench.run(args.requests)
+            wall, cpu, switched = await bench.run(args.requests)
             walls[path].append(wall / args.requests * 1e6)
             cpus[path].append(cpu / args.requests * 1e6)
+            switches[path].append(switched / args.requests)
     for _, _, adapter in benches:
         await adapter.shutdown()
     print(
@@ -219,7 +244,8 @@ async def _main(args: argparse.Namespace) -> None:
         spread = f"{min(cpus[path]):.1f}-{max(cpus[path]):.1f}"
         print(
             f"  {path}: {wall:6.1f} us/req wall ({1e6 / wall:,.0f} req/s), "
-            f"{cpu:6.1f} us/req CPU (range {spread})"
+            f"{cpu:6.1f} us/req CPU (range {spread}), "
+            f"{statistics.median(switches[path]):.2f} context switches/req"
         )
 
 
@@ -235,7 +261,8 @@ def main(argv: list[str] | None = None) -> None:
         "--app",
         choices=sorted(APPS),
         default="hello",
-        help=f"hello (the default) or stream ({STREAM_CHUNKS} chunks of 1 KiB, one hop each)",
+        help=f"hello (the default), flask, or stream ({STREAM_CHUNKS} chunks of 1 KiB, one hop "
+        "each)",
     )
     args = p.parse_args(argv)
     if args.loop == "uvloop":

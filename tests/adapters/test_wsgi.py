@@ -270,9 +270,11 @@ async def test_environ_is_the_same_on_later_requests_and_many_header_names() -> 
 
     seen: list[Environ] = []
     adapter = WSGIAdapter(validator(capture(seen)))
-    many = {f"HTTP_X_{i}": str(i) for i in range(_MAX_CACHED_NAMES + 10)}
-    params = {"HTTP_PROXY": "http://evil:1", "HTTP_CONTENT_LENGTH": "3", "HTTP_X_É": "é"}
-    for extra in ({}, many, many, {}):
+    Params = dict[str | bytes, str | bytes]
+    many: Params = {f"HTTP_X_{i}": str(i) for i in range(_MAX_CACHED_NAMES + 10)}
+    params: Params = {"HTTP_PROXY": "http://evil:1", "HTTP_CONTENT_LENGTH": "3", "HTTP_X_É": "é"}
+    none: Params = {}
+    for extra in (none, many, many, none):
         await adapter(FakeRequest({**params, **extra}))
     first, second, third, fourth = seen
     assert first.keys() == fourth.keys()
@@ -283,7 +285,7 @@ async def test_environ_is_the_same_on_later_requests_and_many_header_names() -> 
     assert "HTTP_CONTENT_LENGTH" not in fourth
     assert fourth["HTTP_X_É"] == "é"
     assert second.keys() == third.keys()
-    assert all(third[name] == value for name, value in many.items())
+    assert all(third[f"HTTP_X_{i}"] == str(i) for i in range(_MAX_CACHED_NAMES + 10))
     await adapter.shutdown()
 
 
@@ -1301,6 +1303,70 @@ async def test_write_cancelled_by_the_loop_raises_client_disconnected() -> None:
     await task
     assert isinstance(raised[0], ClientDisconnected)
     assert not req.ended
+    await adapter.shutdown()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_adapter_used_before_a_fork_serves_in_the_child() -> None:
+    # The child has none of the parent's worker threads: its pool starts them again.
+    adapter = WSGIAdapter(hello, threads=1)
+    parent = FakeRequest()
+    asyncio.run(adapter(parent))
+    assert parent.ended
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child (coverage does not follow the fork)
+        try:
+            req = FakeRequest()
+            asyncio.run(asyncio.wait_for(adapter(req), 5))
+            os.write(w, req.output)
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as child:
+        output = child.read()
+    os.waitpid(pid, 0)
+    assert output.endswith(b"hello")
+
+
+async def test_pool_after_fork_starts_threads_again() -> None:
+    # What the fork hook does in the child, run here so that the parent still works after.
+    from fcgi_async.adapters import wsgi
+
+    adapter = WSGIAdapter(hello, threads=1)
+    await adapter(FakeRequest())
+    wsgi._after_fork_in_child()
+    req = FakeRequest()
+    await adapter(req)
+    assert req.ended
+    await adapter.shutdown()
+
+
+async def test_job_cancelled_while_queued_never_runs() -> None:
+    release = threading.Event()
+    ran: list[str] = []
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        ran.append(environ["PATH_INFO"])
+        if environ["PATH_INFO"] == "/first":
+            release.wait(5)
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    adapter = WSGIAdapter(app, threads=1)
+    first = asyncio.create_task(adapter(FakeRequest({"REQUEST_URI": "/first"})))
+    await until(lambda: ran == ["/first"])
+    queued = asyncio.create_task(adapter(FakeRequest({"REQUEST_URI": "/queued"})))
+    await asyncio.sleep(0.01)
+    queued.cancel()  # a request timeout or a shutdown, while it waits for the one thread
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    release.set()
+    await first
+    req = FakeRequest({"REQUEST_URI": "/after"})
+    await adapter(req)
+    assert ran == ["/first", "/after"]
+    assert req.ended
     await adapter.shutdown()
 
 
