@@ -156,6 +156,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="longest wait for --wait-quiet (%(default)s s)",
     )
     p.add_argument("--list", action="store_true", help="list stacks and scenarios, then exit")
+    p.add_argument(
+        "--render",
+        type=Path,
+        metavar="JSON",
+        help="measure nothing: rewrite results.md and results.png in --out from a "
+        "results.json written earlier",
+    )
     args = p.parse_args(argv)
     args.duration = args.duration or (2.0 if args.quick else 5.0)
     args.runs = args.runs or (1 if args.quick else 3)
@@ -210,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     help_text = fcgi_async_help()
     if args.list:
         return _list(help_text)
+    if args.render is not None:
+        _write(json.loads(args.render.read_text()), args.out)
+        return 0
     if not Path(WRK).exists():
         print(f"wrk not found ({WRK}); apt-get install wrk", file=sys.stderr)
         return 2
@@ -233,21 +243,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"temporary directory kept: {tmp}", file=sys.stderr)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    why_no_chart = chart(results, args.out / "results.png")
-    if why_no_chart:
-        results["meta"]["chart"] = f"not written: {why_no_chart}"
-        (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-        print(f"no chart: {why_no_chart}", file=sys.stderr)
-    (args.out / "results.md").write_text(markdown(results))
-    print(
-        f"wrote {args.out / 'results.json'}, results.md"
-        + ("" if why_no_chart else ", results.png"),
-        file=sys.stderr,
-    )
+    _write(results, args.out)
     print(markdown(results))
     return 0
+
+
+def _write(results: dict[str, Any], out: Path) -> None:
+    """results.json first (a chart failure must not lose the data), then the PNG and the MD."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    why_no_chart = chart(results, out / "results.png")
+    if why_no_chart:
+        results["meta"]["chart"] = f"not written: {why_no_chart}"
+        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        print(f"no chart: {why_no_chart}", file=sys.stderr)
+    (out / "results.md").write_text(markdown(results))
+    print(
+        f"wrote {out / 'results.json'}, results.md" + ("" if why_no_chart else ", results.png"),
+        file=sys.stderr,
+    )
 
 
 def run(args: argparse.Namespace, help_text: str, procs: ProcessSet, tmp: Path) -> dict[str, Any]:

@@ -212,6 +212,17 @@ def _fmt(v: float | None, digits: int = 1) -> str:
     return "—" if v is None else f"{v:.{digits}f}"
 
 
+def _run_load_line(results: dict[str, Any]) -> str:
+    loads = sorted(r["loadavg"][0] for r in results["runs"] if r.get("loadavg"))
+    if not loads:
+        return "- 1-minute load average during the runs: not recorded"
+    return (
+        f"- 1-minute load average when each measurement started: min {loads[0]}, median "
+        f"{statistics.median(loads):.2f}, max {loads[-1]} (it includes the benchmark's own "
+        "wrk, nginx and server, about 2-3 on 2 CPUs; more means other work on the machine)"
+    )
+
+
 def markdown(results: dict[str, Any]) -> str:
     meta = results["meta"]
     host = meta["host"]
@@ -226,6 +237,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"Linux {host['kernel']}",
         f"- load average (1/5/15 min): {meta['loadavg_start']} at start, "
         f"{meta['loadavg_end']} at end",
+        _run_load_line(results),
         f"- settings: {s['runs']} run(s) x {s['duration_s']} s per stack and scenario, "
         f"{s['warmup_s']} s warm-up, wrk -t{s['wrk_threads']}, nginx worker_processes 1, "
         "stacks alternated A B A B",
