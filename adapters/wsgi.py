@@ -487,16 +487,40 @@ class _Errors:
     """``wsgi.errors``: text goes to the web server as STDERR records and to the request log.
 
     Output is line-buffered (flushed at a newline, at :data:`MAX_ERRORS_LINE`, on ``flush()``
-    and when the request ends) so one line is one log record and one STDERR write.
+    and when the request ends) so one line is one log record and one STDERR write. The server
+    logs what is sent on STDERR, with its request; lines that cannot be sent (the client is
+    gone, a thread the application started) are logged here, to ``request.logger``.
     """
 
-    __slots__ = ("_gone", "_logger", "_pending", "_send")
+    __slots__ = ("_gone", "_pending", "_request")
 
     def __init__(self, request: Request) -> None:
-        self._send = request.send_stderr
-        self._logger = request.logger
+        # Nothing else is looked up until there is something to write (most requests never
+        # write to wsgi.errors).
+        self._request = request
         self._pending = ""
         self._gone = False
+
+    def log_unsent(self, text: str) -> None:
+        """Log a line that did not reach the web server (``request`` names it in the record)."""
+        self._request.logger.error("%s", text, extra={"request": _describe(self._request)})
+
+    def log_unsent_bytes(self, data: bytes) -> None:
+        """:meth:`log_unsent` for what :meth:`take_pending` returned (nothing if empty)."""
+        if data:
+            self.log_unsent(data.decode("utf-8", "backslashreplace").rstrip("\n"))
+
+    async def send_last(self, data: bytes) -> None:
+        """Send what :meth:`take_pending` returned; log it if the client is gone.
+
+        Raises:
+            ClientDisconnected: the client is gone (the line was logged).
+        """
+        try:
+            await self._request.send_stderr(data)
+        except ClientDisconnected:
+            self.log_unsent_bytes(data)
+            raise
 
     def write(self, s: str, /) -> None:
         """Write text; complete lines are emitted at once."""
@@ -524,24 +548,33 @@ class _Errors:
             self._emit(text)
 
     def _emit(self, text: str) -> None:
-        self._logger.error("%s", text)
-        if self._gone:
-            return
-        try:
-            _from_thread(self._send, (text + "\n").encode("utf-8", "backslashreplace"))
-        except ClientDisconnected:
-            self._gone = True
-        except RuntimeError:
-            # Written from a thread anyio does not know (one the application started) or
-            # after the loop stopped: the log record above is all we can do.
-            pass
+        if not self._gone:
+            try:
+                _from_thread(
+                    self._request.send_stderr, (text + "\n").encode("utf-8", "backslashreplace")
+                )
+                return  # logged by the server with its request
+            except ClientDisconnected:
+                self._gone = True
+            except RuntimeError:
+                # Written from a thread that is not the request's (one the application
+                # started) or after the loop stopped: a log record is all we can do.
+                pass
+        self.log_unsent(text)
 
     def take_pending(self) -> bytes:
-        """Log and return (as STDERR bytes) the partial line left when the request ends."""
+        """The partial line left when the request ends, as STDERR bytes to send.
+
+        The caller sends them (the server logs them) or, if it cannot, passes them to
+        :meth:`log_unsent`. Once the client is gone the line is logged here and ``b""``
+        returned.
+        """
         text, self._pending = self._pending, ""
-        if not text or self._gone:
+        if not text:
             return b""
-        self._logger.error("%s", text)
+        if self._gone:
+            self.log_unsent(text)
+            return b""
         return (text + "\n").encode("utf-8", "backslashreplace")
 
 
@@ -933,16 +966,17 @@ class WSGIAdapter:
             # an application sets do not leak into the next request on the same thread.
             last = await pool.submit(asyncio.get_running_loop(), copy_context().run, call.run)
         except Exception as exc:
-            await self._failed(request, call.errors.take_pending(), exc)
+            await self._failed(request, call.errors, exc)
             return
-        # A partial last line of wsgi.errors is logged in any case, sent if anything is.
+        # A partial last line of wsgi.errors is sent if anything is, else logged here.
         stderr = call.errors.take_pending()
         if last is None:
+            call.errors.log_unsent_bytes(stderr)
             self._logger.debug("client went away during %s", _describe(request))
             return
         try:
             if stderr:
-                await request.send_stderr(stderr)
+                await call.errors.send_last(stderr)
             if isinstance(last, list):
                 *parts, final = last or [b""]
                 for part in parts:
@@ -953,18 +987,21 @@ class WSGIAdapter:
         except ClientDisconnected:
             self._logger.debug("client went away during %s", _describe(request))
 
-    async def _failed(self, request: Request, stderr: bytes, exc: Exception) -> None:
+    async def _failed(self, request: Request, errors: _Errors, exc: Exception) -> None:
         """The application raised: a quiet return, a 500, or a visibly broken response."""
+        stderr = errors.take_pending()
         if request.disconnected or isinstance(exc, ClientDisconnected):
+            errors.log_unsent_bytes(stderr)
             self._logger.debug("client went away during %s: %r", _describe(request), exc)
             return
         self._logger.error("Exception in WSGI application (%s)", _describe(request), exc_info=exc)
         if request.response_started:
+            errors.log_unsent_bytes(stderr)
             request.fail()
             return
         try:
             if stderr:
-                await request.send_stderr(stderr)
+                await errors.send_last(stderr)
             await request.end(INTERNAL_ERROR_RESPONSE)
         except ClientDisconnected:
             self._logger.debug("client went away during %s", _describe(request))

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -312,3 +313,27 @@ async def test_timed_out_request_is_logged_504_and_counted_slow(
         assert b'"slow requests": 1' in status.body
         await wait_lines(access_lines, 2)
     assert access_lines.lines == ["/sleep 504", "/status 200"]
+
+
+async def test_wsgi_errors_lines_are_logged_once_with_their_request(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from fcgi_async.adapters.wsgi import WSGIAdapter
+
+    def wsgi_app(environ: dict[str, object], start_response: Any) -> list[bytes]:
+        errors: Any = environ["wsgi.errors"]
+        errors.write("line one\nline two\n")
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    caplog.set_level(logging.INFO)
+    adapter = WSGIAdapter(wsgi_app)
+    async with Server(Config(bind=("127.0.0.1:0",)), adapter) as srv:
+        host, _, port = srv.bound_addresses[0].rpartition(":")
+        response = await fcgi_request((host, int(port)), params_for("/w"), request_id=3)
+    assert response.stderr == b"line one\nline two\n"
+    lines = [r.getMessage() for r in caplog.records if "line " in r.getMessage()]
+    assert lines == [
+        "request 3 (GET /w) stderr: line one",
+        "request 3 (GET /w) stderr: line two",
+    ]
