@@ -3,8 +3,10 @@ errors, and ``--check-config``."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 from fcgi_async.cli import main, resolve_settings
 from fcgi_async.config import Config
 from fcgi_async.configfile import ConfigFileError, load_config_file, parse_config_values
+from tests.ops.test_sockets import APP, Process
 
 FILE = """\
 app = "file_app:app"
@@ -244,3 +247,24 @@ def test_check_config_neither_imports_nor_binds(tmp_path: Path) -> None:
     assert 'app = "no_such_module:app"  # flag' in proc.stdout
     assert not sock.exists()
     assert not (tmp_path / "pid").exists()
+
+
+def test_a_server_runs_from_the_file_alone(tmp_path: Path) -> None:
+    with tempfile.TemporaryDirectory(prefix="fa-cfg-") as name:
+        short = Path(name)
+        (short / "app.py").write_text(APP)
+        conf = short / "fcgi-async.toml"
+        conf.write_text(
+            f'app = "app:app"\napp_dir = "{short}"\nbind = ["unix:{short}/s.sock"]\n'
+            f'pid_file = "{short}/app.pid"\ngraceful_timeout_s = 5\n'
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FCGI_ASYNC_")}
+        argv = [sys.executable, "-m", "fcgi_async", "--config", str(conf)]
+        proc = Process(argv, tmp_path / "log", env)
+        try:
+            proc.wait_answer(f"{short}/s.sock")
+            assert (short / "app.pid").read_text() == f"{proc.proc.pid}\n"
+            assert proc.stop() == 0
+            assert not (short / "app.pid").exists()
+        finally:
+            proc.kill()
