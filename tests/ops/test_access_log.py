@@ -246,10 +246,16 @@ async def test_cli_access_and_error_log_files(
     for i, path in enumerate(["/one", "/two", "/three"], start=1):
         response = await fcgi_request(sock, params_for(path), request_id=i)
         assert response.status == 201
+        if i == 1:  # logrotate: move the file, SIGUSR1 (inline: to the server itself)
+            (tmp / "access.log").rename(tmp / "access.log.1")
+            proc.send_signal(signal.SIGUSR1)
+            while not await asyncio.to_thread((tmp / "access.log").exists):
+                assert time.monotonic() < deadline, "SIGUSR1 did not reopen the access log"
+                await asyncio.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(proc.wait, 15) == 0
+    assert (tmp / "access.log.1").read_text().splitlines() == ["GET /one 201 4 1"]
     assert (tmp / "access.log").read_text().splitlines() == [
-        "GET /one 201 4 1",
         "GET /two 201 4 2",
         "GET /three 201 4 3",
     ]
