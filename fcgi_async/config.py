@@ -124,6 +124,8 @@ class Config:
     #: The ``pool`` field of the status page (php-fpm's pool name).
     pool_name: str = DEFAULT_POOL_NAME
     #: Access log file ("-": standard output); None: no access log (and no cost per request).
+    #: The lines go to the ``fcgi_async.access`` logger; the CLI opens the file for it
+    #: (:func:`fcgi_async.logs.configure_logging`), a library user attaches a handler.
     access_log: str | None = None
     #: The access log line, in the %-codes of :mod:`fcgi_async.logs`.
     access_log_format: str = DEFAULT_ACCESS_LOG_FORMAT
