@@ -1662,6 +1662,32 @@ async def test_client_gone_while_sending_the_500(caplog: pytest.LogCaptureFixtur
     assert "app failed" in caplog.text
 
 
+class GoneAtLastStderr(FakeRequest):
+    """The connection dies when the partial last wsgi.errors line is sent."""
+
+    async def send_stderr(self, data: bytes) -> None:
+        raise ClientDisconnected("gone at stderr")
+
+
+async def test_partial_errors_line_logged_when_its_send_fails(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        environ["wsgi.errors"].write("no newline")
+        start_response("200 OK", [])
+        return [b"body"]
+
+    req = await serve(app, GoneAtLastStderr())
+    assert not req.ended
+    assert not req.failed
+    assert [r.getMessage() for r in caplog.records if r.name == "fcgi_async.test.app"] == [
+        "no newline"
+    ]
+    assert "client went away" in caplog.text
+
+
 async def test_input_big_reads_cross_many_chunks() -> None:
     from fcgi_async.adapters.wsgi import MAX_INPUT_PULL
 
