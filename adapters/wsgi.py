@@ -21,6 +21,15 @@ a ``ThreadPoolExecutor`` ~55 µs; this pool (a ``SimpleQueue``, one future, one
 lock) costs about half of ``asyncio.run_coroutine_threadsafe(...).result()`` or
 ``anyio.from_thread.run``: ~300 µs instead of ~560 µs for a body of 8 streamed chunks.
 
+Behind nginx (``wrk -c32``, keep-alive upstream) the same change took the raw hello from ~7k to
+~12-15k req/s and the worker's CPU from ~125-145 to ~60-70 µs per request; the ASGI hello costs
+~30-40 µs there. The difference is mostly the GIL passing between the loop and a worker thread
+when requests trickle in rather than arrive in batches (a context switch or more per request,
+against 0.3 in the batched micro-benchmark). Tried and dropped for want of a measured gain:
+fewer threads, waking one thread at a time, deferring the wake-up to the end of the loop
+iteration, a worker that spins (``sleep(0)``) before it sleeps, a loop that yields the GIL
+after each hand-over (the last two were much slower).
+
 Failure rules (DESIGN.md §3): an application that fails before any response byte left gets a
 500 of our own (nginx turns a missing header block into a 502); one that fails after the
 response started gets :meth:`Request.fail`, so the client sees a broken response rather than a
