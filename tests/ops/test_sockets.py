@@ -373,9 +373,12 @@ def test_workers_on_fd0_leave_the_web_servers_socket_file(
     address = str(short_tmp / "fd0.sock")
     listener = listening_unix_socket(address)
     argv = [sys.executable, "-m", "fcgi_async", *server_argv(short_tmp, "--workers", "2")]
-    proc = Process(argv, short_tmp / "log", clean_env(), stdin=listener.fileno())
+    proc = Process(
+        [*argv, "--backlog", "33"], short_tmp / "log", clean_env(), stdin=listener.fileno()
+    )
     processes.append(proc)
     listener.close()
     proc.wait_answer(address)
+    assert unix_backlog(address) == 33  # the workers listen again with --backlog
     assert proc.stop() == 0
     assert os.path.exists(address)  # spawn-fcgi's, not ours to remove
