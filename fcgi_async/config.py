@@ -1,7 +1,8 @@
 """One typed, frozen configuration for the server (after hypercorn's Config, without its sins).
 
 Every field has a unit-suffixed name, a default and a validation rule. The CLI builds a Config
-from flags > ``FCGI_ASYNC_*`` environment variables > defaults; library code only reads it and
+from flags > ``FCGI_ASYNC_*`` environment variables > the ``--config`` TOML file (whose keys are
+these field names, see :mod:`fcgi_async.configfile`) > defaults; library code only reads it and
 never configures logging or exits the process.
 """
 
