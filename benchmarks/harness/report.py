@@ -419,9 +419,11 @@ def chart(results: dict[str, Any], path: Path) -> str | None:
     for ax in flat[used:]:
         ax.axis("off")
     meta = results["meta"]
+    loads = [r["loadavg"][0] for r in results["runs"] if r.get("loadavg")]
+    during = f", median {statistics.median(loads):.1f} during the runs" if loads else ""
     fig.suptitle(
         f"fcgi-async benchmarks {meta['date_start'][:10]} — {meta['host']['cpu_count']} CPUs, "
-        f"load {meta['loadavg_start'][0]}, {meta['settings']['runs']}x"
+        f"1-min load {meta['loadavg_start'][0]} at start{during}, {meta['settings']['runs']}x"
         f"{meta['settings']['duration_s']} s",
         fontsize=10,
     )
