@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from .server import ServerState
 
 logger = logging.getLogger("fcgi_async.server")
+_app_logger = logging.getLogger("fcgi_async.app")
 
 #: Seconds of silence after which a connection that must close after END_REQUEST (KEEP_CONN=0)
 #: stops reading and dropping what the web server still sends (the rest of a body the app did
@@ -140,7 +141,7 @@ class RequestHandle:
     @property
     def logger(self) -> logging.Logger:
         """Logger for the application's own messages."""
-        return logging.getLogger("fcgi_async.app")
+        return _app_logger
 
     @property
     def peer(self) -> str:

@@ -1,7 +1,8 @@
 """Listening sockets: ``HOST:PORT``, ``[V6]:PORT``, ``unix:PATH``, ``fd://N``, fd 0, systemd.
 
 Sockets are created here, before any event loop exists, so that a prefork supervisor can bind
-in the parent and hand the same sockets to its workers (see :func:`inherit_sockets`).
+in the parent and hand the same sockets to its workers (the hand-over itself is
+:func:`fcgi_async.supervisor._hand_over`).
 
 The listen backlog reaches inherited sockets too: asyncio and uvloop call ``listen(backlog)``
 again on every socket they serve, which resizes the queue of an already listening socket.

@@ -71,6 +71,8 @@ class FakeRequest:
         self.failed = False
         self.app_status: int | None = None
         self.writes = 0
+        #: Set by adapters that run the request's code in a thread (Request.thread_ident).
+        self.thread_ident: int | None = None
         self._logger = logging.getLogger("fcgi_async.test.app")
 
     # Request protocol -------------------------------------------------------------

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from fcgi_async.config import Config, ConfigError
 from fcgi_async.scoreboard import Scoreboard, WorkerState
@@ -87,12 +88,7 @@ POOL_KEYS = [
 
 
 def metrics(body: bytes) -> dict[str, float]:
-    """Samples of an OpenMetrics text, as parsed by prometheus_client (which validates it).
-
-    prometheus_client belongs in the test extra; without it the OpenMetrics tests skip.
-    """
-    parser = pytest.importorskip("prometheus_client.openmetrics.parser")
-    text_string_to_metric_families = parser.text_string_to_metric_families
+    """Samples of an OpenMetrics text, as parsed by prometheus_client (which validates it)."""
     values = {}
     for family in text_string_to_metric_families(body.decode()):
         for sample in family.samples:
