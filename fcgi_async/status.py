@@ -30,8 +30,9 @@ runs inline:
 * idle/active/total processes: workers with no request / at least one request running
   (a draining worker with requests counts as active); total = idle + active. A process is
   "active" while it runs one request or many.
-* max children reached: times the dynamic process manager wanted a spare worker beyond
-  ``pm_max_children`` (once per episode, as php-fpm); 0 for static, ondemand and inline.
+* max children reached: times the process manager wanted a worker beyond
+  ``pm_max_children`` (once per episode, as php-fpm): dynamic when it is short of spare
+  workers, ondemand when a connection waits and no worker is idle; 0 for static and inline.
 * slow requests: requests that ran past the slow-log timeout (``ServerState.slow_requests``).
 
 Query options as php-fpm's: ``?json``, ``?openmetrics``, ``?full`` (per worker rows: pid,

@@ -260,7 +260,8 @@ class Supervisor:
         self._spawn_not_before = 0.0
         self._last_scale_down = 0.0
         self._reload: _Reload | None = None
-        #: dynamic: the pool is at pm_max_children and wants more (counted once per episode).
+        #: dynamic, ondemand: the pool is at pm_max_children and wants more (counted once
+        #: per episode).
         self._at_max_children = False
 
     # ----------------------------------------------------------------------- main loop
@@ -351,8 +352,13 @@ class Supervisor:
                 while os.read(self._wakeup_r, 512):
                     pass
         if any(fd in ready for fd in listeners):
-            logger.info("ondemand: a connection is waiting and no worker is idle: forking one")
-            self._spawn(time.monotonic())
+            if len(self._current()) >= self.target:
+                # php-fpm's ondemand counts this in fpm_pctl_on_socket_accept: work waits and
+                # no child may be forked. Counted once; watching stops until it clears.
+                self._note_max_children(True)
+            else:
+                logger.info("ondemand: a connection is waiting and no worker is idle: forking one")
+                self._spawn(time.monotonic())
 
     def _dispatch_signals(self) -> None:
         while self._signals:
@@ -567,13 +573,18 @@ class Supervisor:
         return result
 
     def _watch_listeners(self) -> bool:
-        """ondemand: watch the listeners while a connection would find no idle worker."""
+        """ondemand: watch the listeners while a connection would find no idle worker.
+
+        At ``pm_max_children`` they are watched only until a waiting connection has been
+        counted as "max children reached": a connection left in the accept queue keeps the
+        listener readable, and watching on would turn the loop into a busy loop.
+        """
         if self.config.pm != "ondemand" or self._stopping or self._respawn_stopped:
             return False
         if time.monotonic() < self._spawn_not_before:
             return False
         current = self._current()
-        if len(current) >= self.target:
+        if len(current) >= self.target and self._at_max_children:
             return False
         if any(self.scoreboard.state(w.slot) == WorkerState.STARTING for w in current):
             return False
@@ -605,7 +616,10 @@ class Supervisor:
             else:
                 return
         else:  # ondemand: forks happen in _wait; here idle workers are stopped.
-            for worker in self._idle(current):
+            idle = self._idle(current)
+            if idle or len(current) < self.target:
+                self._note_max_children(False)  # the episode is over: count the next one
+            for worker in idle:
                 idle_for = now - self.scoreboard.read(worker.slot).last_change
                 if idle_for >= self.config.pm_idle_timeout_s:
                     self._retire(worker, now, f"idle for {idle_for:.1f} s (--pm-idle-timeout)")
@@ -621,11 +635,13 @@ class Supervisor:
 
     def _note_max_children(self, reached: bool) -> None:
         """Count and warn once each time the pool wants a worker beyond pm_max_children
-        (php-fpm's "max children reached" on the status page)."""
+        (php-fpm's "max children reached" on the status page): dynamic when it is short of
+        spare workers, ondemand when a connection waits and no worker is idle."""
         if reached and not self._at_max_children:
             self.scoreboard.count_max_children_reached()
             logger.warning(
-                "pool reached --pm-max-children (%d) and has no spare worker; consider raising it",
+                "pool reached --pm-max-children (%d) and has no idle worker to spare; "
+                "consider raising it",
                 self.target,
             )
         self._at_max_children = reached

@@ -262,7 +262,7 @@ def test_scoreboard_keeps_what_exited_workers_served() -> None:
 
 # ------------------------------------------------------------------------ with workers
 RAW_APP = """
-import asyncio, os
+import asyncio, os, time
 
 class App:
     async def startup(self):
@@ -272,8 +272,12 @@ class App:
         pass
 
     async def __call__(self, request):
-        if request.params.get(b"DOCUMENT_URI") == b"/slow":
+        path = request.params.get(b"DOCUMENT_URI")
+        if path == b"/slow":
             await asyncio.sleep(1.0)
+        elif path == b"/block":  # blocks the event loop: the worker accepts nothing meanwhile
+            open(os.path.join(os.path.dirname(__file__), "blocking"), "w").close()
+            time.sleep(2.0)
         await request.end(b"Status: 200 OK\\r\\n\\r\\n" + str(os.getpid()).encode())
 
 app = App()
@@ -390,6 +394,36 @@ async def test_max_children_reached(tmp_path: Path) -> None:
             assert doc["process manager"] == "dynamic"
         finally:
             await slow
+
+
+async def test_max_children_reached_ondemand(tmp_path: Path) -> None:
+    """php-fpm's ondemand counts a connection that waits while every child is busy and no
+    more may be forked: once per episode."""
+    args = ["--pm", "ondemand", "--pm-max-children", "1", "--pm-idle-timeout", "60"]
+    with supervisor(tmp_path, *args) as sock:
+        deadline = time.monotonic() + 20
+        while True:  # the first connection forks the one worker
+            try:
+                doc = json.loads((await fcgi_request(sock, params_for("/status?json"))).body)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "never served"
+                await asyncio.sleep(0.05)
+        assert (doc["process manager"], doc["max children reached"]) == ("ondemand", 0)
+        blocked = asyncio.create_task(fcgi_request(sock, params_for("/block")))
+        for _ in range(200):
+            if (tmp_path / "blocking").exists():
+                break
+            await asyncio.sleep(0.02)
+        assert (tmp_path / "blocking").exists(), "the blocking request never started"
+        # Two connections wait in the accept queue; the worker answers them once it unblocks.
+        waiting = [fcgi_request(sock, params_for("/status?json")) for _ in range(2)]
+        docs = [json.loads(r.body) for r in await asyncio.gather(*waiting)]
+        assert (await blocked).status == 200
+        assert [d["max children reached"] for d in docs] == [1, 1]
+        assert docs[0]["total processes"] == 1
+    log = (tmp_path / "server.log").read_text()
+    assert log.count("pool reached --pm-max-children (1)") == 1
 
 
 async def test_accepted_conn_keeps_what_recycled_workers_served(tmp_path: Path) -> None:
