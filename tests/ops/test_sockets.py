@@ -382,3 +382,31 @@ def test_workers_on_fd0_leave_the_web_servers_socket_file(
     assert unix_backlog(address) == 33  # the workers listen again with --backlog
     assert proc.stop() == 0
     assert os.path.exists(address)  # spawn-fcgi's, not ours to remove
+
+
+SPAWN_FCGI = "/usr/bin/spawn-fcgi"
+
+
+@pytest.mark.skipif(
+    not os.path.exists(SPAWN_FCGI), reason=f"{SPAWN_FCGI} is missing (.ci/run installs it)"
+)
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_spawn_fcgi_passes_the_socket_as_fd0(
+    short_tmp: Path, processes: list[Process], workers: str
+) -> None:
+    """The Debian spawn-fcgi binds the socket and execs us (``-n``: no fork, so its pid is
+    ours) with the listening socket as stdin."""
+    address = str(short_tmp / "spawned.sock")
+    argv = [SPAWN_FCGI, "-n", "-s", address, "-M", "0640", "--"]
+    argv += [sys.executable, "-m", "fcgi_async", *server_argv(short_tmp, "--workers", workers)]
+    proc = Process(argv, short_tmp / "log", clean_env(), stdin=subprocess.DEVNULL)
+    processes.append(proc)
+    pid = int(proc.wait_answer(address).split()[0])
+    if workers == "2":
+        assert pid in children(proc.proc.pid)
+    else:
+        assert pid == proc.proc.pid
+    assert "using the listening socket passed as fd 0 by the web server" in proc.log
+    assert stat.S_IMODE(os.stat(address).st_mode) == 0o640  # spawn-fcgi's -M, untouched
+    assert proc.stop() == 0
+    assert os.path.exists(address)  # spawn-fcgi's socket file, not ours to remove
