@@ -59,9 +59,11 @@ def test_reload_with_broken_code_keeps_the_old_generation(
     server.wait_serving(workers=2)
 
 
-def test_sigterm_lets_a_slow_request_finish(
-    supervised: Callable[..., Supervised], app_dir: Path
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGQUIT])
+def test_graceful_stop_lets_a_slow_request_finish(
+    supervised: Callable[..., Supervised], app_dir: Path, sig: signal.Signals
 ) -> None:
+    """SIGTERM, SIGINT and SIGQUIT (php-fpm's graceful stop) all stop gracefully."""
     server = supervised("--workers", "2")
     server.wait_serving(workers=2)
     result: list[object] = []
@@ -75,13 +77,13 @@ def test_sigterm_lets_a_slow_request_finish(
     thread = threading.Thread(target=slow)
     thread.start()
     wait_for(lambda: list(app_dir.glob("slow-*")), what="the slow request to start")
-    server.signal(signal.SIGTERM)
+    server.signal(sig)
     thread.join(15)
     assert server.wait_exit() == 0
     assert len(result) == 1
     assert isinstance(result[0], tuple)
     assert result[0][0] == 200
-    assert "SIGTERM: graceful stop" in server.log
+    assert f"{sig.name}: graceful stop" in server.log
     assert not server.workers()
 
 
