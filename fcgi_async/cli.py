@@ -125,12 +125,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="write our pid here once listening (the supervisor's with workers); removed at "
         "exit; refuses to start while it names a running process",
     )
-    srv.add_argument("--backlog", type=int, default=d.backlog, help="listen backlog (%(default)s)")
+    srv.add_argument(
+        "--backlog",
+        type=int,
+        default=d.backlog,
+        help="listen queue size of every listener, sockets from systemd or fd 0 included, "
+        "php-fpm's listen.backlog (%(default)s)",
+    )
     srv.add_argument(
         "--allowed-clients",
         metavar="ADDRS",
-        help="comma-separated IPs or networks allowed to connect over TCP; others are "
-        "closed at once (default: FCGI_WEB_SERVER_ADDRS if set, else everyone)",
+        help="comma-separated IPv4/IPv6 addresses or CIDR networks allowed to connect over "
+        "TCP, e.g. 127.0.0.1,10.0.0.0/8,::1; others are closed at accept with a log line, "
+        "php-fpm's listen.allowed_clients (default: FCGI_WEB_SERVER_ADDRS if set, else "
+        "everyone)",
     )
     app = p.add_argument_group("application")
     app.add_argument(
@@ -253,12 +261,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_worker_arguments(p: argparse.ArgumentParser, d: Config) -> None:
     """The prefork supervisor's flags (php-fpm's pm.* names where they exist)."""
+    from .supervisor import CRASH_LIMIT, CRASH_WINDOW_S
+
     wrk = p.add_argument_group(
         "workers (a supervisor process forks workers that share the listening sockets)",
         "--workers above 1, --pm dynamic|ondemand or --max-requests start a supervisor;\n"
         "otherwise the server runs inline. Signals to the supervisor: TERM/INT/QUIT graceful\n"
         "stop, HUP/USR2 graceful reload (new workers first), TTIN/TTOU one worker more/less,\n"
-        "USR1 reopen log files.",
+        "USR1 reopen log files. Dead workers are respawned with a back-off; "
+        f"{CRASH_LIMIT} crashes\nwithin {CRASH_WINDOW_S:g} s stop the respawning with an "
+        "error saying why (SIGHUP tries again).",
     )
     wrk.add_argument(
         "--workers",
