@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
-from .config import Config, ConfigError
+from .config import CRASH_LIMIT, CRASH_WINDOW_S, Config, ConfigError
 from .configfile import ConfigFileError, format_config, load_config_file, settable_fields
 from .importer import AppLoadError, import_from_string, looks_like_asgi
 from .pidfile import PidFile, PidFileError
@@ -261,8 +261,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_worker_arguments(p: argparse.ArgumentParser, d: Config) -> None:
     """The prefork supervisor's flags (php-fpm's pm.* names where they exist)."""
-    from .supervisor import CRASH_LIMIT, CRASH_WINDOW_S
-
     wrk = p.add_argument_group(
         "workers (a supervisor process forks workers that share the listening sockets)",
         "--workers above 1, --pm dynamic|ondemand or --max-requests start a supervisor;\n"

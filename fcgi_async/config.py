@@ -42,6 +42,12 @@ DEFAULT_PM_MAX_SPARE = 3
 DEFAULT_PM_IDLE_TIMEOUT_S = 10.0
 #: Seconds without a heartbeat before a worker counts as hung and is killed (gunicorn's 30).
 DEFAULT_WORKER_TIMEOUT_S = 30.0
+#: Crash-loop detection (php-fpm's emergency_restart_threshold/interval, built in): this many
+#: unexpected worker exits ...
+CRASH_LIMIT = 5
+#: ... within this many seconds stop the respawning (a SIGHUP reload starts it again). Here,
+#: not in the supervisor, so that ``--help`` can quote them on any platform.
+CRASH_WINDOW_S = 10.0
 #: What the ping path answers (php-fpm's ping.response).
 DEFAULT_PING_RESPONSE = "pong"
 #: The status page's pool name (php-fpm's default pool is "www").

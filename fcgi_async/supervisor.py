@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import NoReturn
 
-from .config import Config, ConfigError
+from .config import CRASH_LIMIT, CRASH_WINDOW_S, Config, ConfigError
 from .runner import loop_factory
 from .scoreboard import Scoreboard, WorkerState
 from .server import Server, ServerState
@@ -60,10 +60,6 @@ EXIT_STARTUP_FAILED = 3
 #: The application could not be imported or built (gunicorn uses 4 for the same).
 EXIT_APP_LOAD_FAILED = 4
 
-#: Crash-loop detection: this many unexpected worker exits ...
-CRASH_LIMIT = 5
-#: ... within this many seconds stop the respawning (a SIGHUP reload starts it again).
-CRASH_WINDOW_S = 10.0
 #: Respawn back-off after a crash: base * 2**(recent crashes - 1), capped. Short enough that
 #: one crash costs almost nothing, growing so that a crash loop does not burn a CPU.
 RESPAWN_BACKOFF_BASE_S = 0.1

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from fcgi_async.cli import build_parser
-from fcgi_async.supervisor import CRASH_LIMIT, CRASH_WINDOW_S
+from fcgi_async.config import CRASH_LIMIT, CRASH_WINDOW_S
 
 #: The flags issue 3 asks for (php-fpm's, gunicorn's and uvicorn's names).
 OPERATIONS_FLAGS = [
