@@ -45,11 +45,13 @@ OPERATIONS_FLAGS = [
 
 @pytest.fixture(scope="module")
 def parser() -> argparse.ArgumentParser:
+    """The CLI's parser, as ``fcgi-async --help`` builds it."""
     return build_parser()
 
 
 @pytest.fixture(scope="module")
 def help_text(parser: argparse.ArgumentParser) -> str:
+    """What ``fcgi-async --help`` prints."""
     return parser.format_help()
 
 
