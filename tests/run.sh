@@ -5,7 +5,8 @@
 #   bash tests/run.sh -k nginx -x     # extra arguments go to pytest
 #
 # Steps: apt packages (nginx, php-fpm, libfcgi-bin, spawn-fcgi, wrk) when missing, a .venv
-# with the project and its test extra, ruff (lint and format), mypy --strict, then pytest.
+# with the project and its test extra, ruff (lint and format), mypy --strict, then pytest (and
+# the protocol tests again on the pure-Python reference of the C accelerator).
 # Needs no stdin. The tests start and stop their own nginx, php-fpm and fcgi-async processes.
 set -euo pipefail
 
@@ -43,3 +44,6 @@ step "mypy (strict; files from pyproject.toml)"
 "$VENV/bin/mypy"
 step ".venv/bin/python -m pytest $*"
 "$VENV/bin/python" -m pytest "$@" </dev/null
+# The protocol suite once more on the pure-Python reference of the C accelerator.
+step "FCGI_ASYNC_NO_SPEEDUPS=1 .venv/bin/python -m pytest -q tests/protocol"
+FCGI_ASYNC_NO_SPEEDUPS=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/protocol </dev/null

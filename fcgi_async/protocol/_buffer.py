@@ -19,6 +19,15 @@ class RecordBuffer:
     def __init__(self) -> None:
         self._buf = bytearray()
 
+    @property
+    def data(self) -> bytearray:
+        """The buffered bytes themselves, for a caller that parses several records at once.
+
+        The object stays the same for the buffer's life; a caller that takes whole records
+        from its front deletes them (``del data[:n]``), as :meth:`next_record` does.
+        """
+        return self._buf
+
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append received bytes."""
         self._buf += data

@@ -1,8 +1,12 @@
-/* Optional accelerator for the protocol hot path: name-value pair decoding (spec 3.4).
+/* Optional accelerator for the protocol hot path (spec 3.3, 3.4).
  *
- * Mirrors fcgi_async.protocol.records._decode_pairs_py exactly, error messages included;
- * the pure-Python function stays the reference and the same tests run against both.
+ * Each function mirrors its pure-Python reference in fcgi_async.protocol.records exactly,
+ * error messages included; the Python functions stay the reference and the same tests run
+ * against both.
  * decode_pairs(data: bytes, max_pairs: int, error: type) -> list[tuple[bytes, bytes]]
+ *     mirrors _decode_pairs_py.
+ * parse_request_head(buf, max_params_bytes: int, max_pairs: int) -> tuple | None
+ *     mirrors _parse_request_head_py.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -82,8 +86,163 @@ fail:
     return NULL;
 }
 
+/* A pair length at buf[*pos] (1 or 4 bytes); -1 when it runs past end. */
+static int
+head_length(const unsigned char *buf, Py_ssize_t *pos, Py_ssize_t end, Py_ssize_t *out)
+{
+    if (*pos >= end)
+        return -1;
+    unsigned char b = buf[*pos];
+    if (b < 0x80) {
+        *out = b;
+        *pos += 1;
+        return 0;
+    }
+    if (*pos + 4 > end)
+        return -1;
+    *out = ((Py_ssize_t)(b & 0x7F) << 24) | ((Py_ssize_t)buf[*pos + 1] << 16) |
+           ((Py_ssize_t)buf[*pos + 2] << 8) | (Py_ssize_t)buf[*pos + 3];
+    *pos += 4;
+    return 0;
+}
+
+/* Decode pairs into dict d (a later name wins). 1 done, 0 malformed or too many, -1 error. */
+static int
+head_pairs(const unsigned char *buf, Py_ssize_t end, Py_ssize_t max_pairs, PyObject *d)
+{
+    Py_ssize_t pos = 0, count = 0;
+    while (pos < end) {
+        Py_ssize_t nlen, vlen;
+        if (count >= max_pairs)
+            return 0;
+        if (head_length(buf, &pos, end, &nlen) < 0 || head_length(buf, &pos, end, &vlen) < 0)
+            return 0;
+        if (nlen > end - pos || vlen > end - pos - nlen)
+            return 0;
+        PyObject *name = PyBytes_FromStringAndSize((const char *)buf + pos, nlen);
+        if (name == NULL)
+            return -1;
+        PyObject *value = PyBytes_FromStringAndSize((const char *)buf + pos + nlen, vlen);
+        if (value == NULL) {
+            Py_DECREF(name);
+            return -1;
+        }
+        int rc = PyDict_SetItem(d, name, value);
+        Py_DECREF(name);
+        Py_DECREF(value);
+        if (rc < 0)
+            return -1;
+        pos += nlen + vlen;
+        count++;
+    }
+    return 1;
+}
+
+#define REC_BEGIN_REQUEST 1
+#define REC_PARAMS 4
+#define REC_STDIN 5
+
+static PyObject *
+parse_request_head(PyObject *self, PyObject *args)
+{
+    Py_buffer view;
+    Py_ssize_t max_params_bytes, max_pairs;
+    if (!PyArg_ParseTuple(args, "y*nn", &view, &max_params_bytes, &max_pairs))
+        return NULL;
+    const unsigned char *buf = (const unsigned char *)view.buf;
+    Py_ssize_t end = view.len, pos, size = 0, first = -1, first_len = 0, nchunks = 0;
+    PyObject *result = NULL, *params = NULL;
+    unsigned char *joined = NULL;
+    if (end < 24 || buf[0] != 1 || buf[1] != REC_BEGIN_REQUEST || buf[4] != 0 || buf[5] != 8)
+        goto none;
+    unsigned int request_id = ((unsigned int)buf[2] << 8) | buf[3];
+    if (request_id == 0)
+        goto none;
+    unsigned int role = ((unsigned int)buf[8] << 8) | buf[9];
+    unsigned int flags = buf[10];
+    pos = 16 + buf[6];
+    /* First pass: check the PARAMS run and measure it. */
+    for (;;) {
+        if (pos + 8 > end)
+            goto none;
+        const unsigned char *h = buf + pos;
+        if (h[0] != 1 || h[1] != REC_PARAMS || (((unsigned int)h[2] << 8) | h[3]) != request_id)
+            goto none;
+        Py_ssize_t clen = ((Py_ssize_t)h[4] << 8) | h[5];
+        Py_ssize_t start = pos + 8;
+        pos = start + clen + h[6];
+        if (pos > end)
+            goto none;
+        if (clen == 0)
+            break;
+        size += clen;
+        if (size > max_params_bytes)
+            goto none;
+        if (first < 0) {
+            first = start;
+            first_len = clen;
+        }
+        nchunks++;
+    }
+    Py_ssize_t params_end = pos;
+    params = PyDict_New();
+    if (params == NULL)
+        goto fail;
+    int rc;
+    if (nchunks <= 1) {
+        rc = head_pairs(first < 0 ? buf : buf + first, first < 0 ? 0 : first_len, max_pairs,
+                        params);
+    }
+    else {
+        /* Pairs may span records: join the contents, as the record-by-record path does. */
+        joined = PyMem_Malloc(size);
+        if (joined == NULL) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        Py_ssize_t at = 0, p = 16 + buf[6];
+        while (p < params_end) {
+            const unsigned char *h = buf + p;
+            Py_ssize_t clen = ((Py_ssize_t)h[4] << 8) | h[5];
+            memcpy(joined + at, h + 8, clen);
+            at += clen;
+            p += 8 + clen + h[6];
+        }
+        rc = head_pairs(joined, size, max_pairs, params);
+    }
+    if (rc < 0)
+        goto fail;
+    if (rc == 0)
+        goto none;
+    int stdin_ended = 0;
+    if (pos + 8 <= end) {
+        const unsigned char *h = buf + pos;
+        if (h[0] == 1 && h[1] == REC_STDIN && (((unsigned int)h[2] << 8) | h[3]) == request_id &&
+            h[4] == 0 && h[5] == 0 && pos + 8 + h[6] <= end) {
+            pos += 8 + h[6];
+            stdin_ended = 1;
+        }
+    }
+    result = Py_BuildValue("IIIOnO", request_id, role, flags, params, pos,
+                           stdin_ended ? Py_True : Py_False);
+    goto done;
+none:
+    result = Py_None;
+    Py_INCREF(result);
+    goto done;
+fail:
+    result = NULL;
+done:
+    PyMem_Free(joined);
+    Py_XDECREF(params);
+    PyBuffer_Release(&view);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"decode_pairs", decode_pairs, METH_VARARGS, "Decode FastCGI name-value pairs."},
+    {"parse_request_head", parse_request_head, METH_VARARGS,
+     "Parse BEGIN_REQUEST, PARAMS and an empty STDIN at once, or return None."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,3 +1,6 @@
 def decode_pairs(
     data: bytes | bytearray, max_pairs: int, error: type[Exception], /
 ) -> list[tuple[bytes, bytes]]: ...
+def parse_request_head(
+    buf: bytes | bytearray, max_params_bytes: int, max_pairs: int, /
+) -> tuple[int, int, int, dict[bytes, bytes], int, bool] | None: ...

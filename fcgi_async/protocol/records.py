@@ -20,6 +20,8 @@ from .constants import (
     END_REQUEST,
     FCGI_VERSION_1,
     MAX_CONTENT_LENGTH,
+    PARAMS,
+    STDIN,
     UNKNOWN_TYPE,
 )
 from .errors import LocalProtocolError, RemoteProtocolError
@@ -31,6 +33,8 @@ BEGIN_BODY: Final = struct.Struct(">HB5x")
 #: appStatus, protocolStatus, 3 reserved bytes (spec §5.5).
 END_BODY: Final = struct.Struct(">IB3x")
 _LEN4: Final = struct.Struct(">I")
+#: A whole BEGIN_REQUEST record: its header, then role and flags.
+_BEGIN_RECORD: Final = struct.Struct(">BBHHBxHB5x")
 
 #: Payloads up to this size are copied into one ``bytes`` with their header (one buffer per
 #: record beats a list for small writes); larger ones are passed on as memoryview slices.
@@ -200,3 +204,94 @@ def select_decode_pairs(use_speedups: bool) -> DecodePairs:
 
 #: ``FCGI_ASYNC_NO_SPEEDUPS=1`` forces the pure-Python decoder (to test or debug it).
 decode_pairs: DecodePairs = select_decode_pairs(not os.environ.get("FCGI_ASYNC_NO_SPEEDUPS"))
+
+
+RequestHead = tuple[int, int, int, dict[bytes, bytes], int, bool]
+"""``(request_id, role, flags, params, consumed, stdin_ended)``: see :func:`parse_request_head`."""
+
+
+def _parse_request_head_py(
+    buf: bytes | bytearray, max_params_bytes: int, max_pairs: int
+) -> RequestHead | None:
+    """Parse the head of a request at the start of ``buf`` in one go, or return ``None``.
+
+    The head is a BEGIN_REQUEST record (version 1, content length 8, a request id other
+    than 0), then PARAMS records of the same id, whose contents total at most
+    ``max_params_bytes`` and hold at most ``max_pairs`` valid pairs, closed by an empty
+    PARAMS record; all of it complete in ``buf``. An empty STDIN record of that id right
+    after it (a request without a body) is taken too, and reported as ``stdin_ended``.
+    ``consumed`` counts the bytes of every record taken, padding included.
+
+    This is the fast path for what a web server sends for nearly every request. It never
+    raises for bad input: anything else (a split record, another record type in between,
+    an error) gives ``None``, and the record-by-record path reads the same bytes, with the
+    same result, errors included. Checks that need connection state (the role served, an
+    active id, capacity) are the caller's.
+    """
+    end = len(buf)
+    if end < 24:
+        return None
+    version, rtype, request_id, clen, plen, role, flags = _BEGIN_RECORD.unpack_from(buf)
+    if version != FCGI_VERSION_1 or rtype != BEGIN_REQUEST or clen != 8 or request_id == 0:
+        return None
+    pos = 16 + plen
+    chunks: list[bytes | bytearray] = []
+    size = 0
+    while True:
+        if pos + 8 > end:
+            return None
+        version, rtype, rid, clen, plen = HEADER.unpack_from(buf, pos)
+        if version != FCGI_VERSION_1 or rtype != PARAMS or rid != request_id:
+            return None
+        start = pos + 8
+        pos = start + clen + plen
+        if pos > end:
+            return None
+        if clen == 0:
+            break
+        size += clen
+        if size > max_params_bytes:
+            return None
+        chunks.append(buf[start : start + clen])
+    try:
+        params = dict(_decode_pairs_py(b"".join(chunks), max_pairs))
+    except RemoteProtocolError:
+        return None
+    stdin_ended = False
+    if pos + 8 <= end:
+        version, rtype, rid, clen, plen = HEADER.unpack_from(buf, pos)
+        if (
+            version == FCGI_VERSION_1
+            and rtype == STDIN
+            and rid == request_id
+            and clen == 0
+            and pos + 8 + plen <= end
+        ):
+            pos += 8 + plen
+            stdin_ended = True
+    return request_id, role, flags, params, pos, stdin_ended
+
+
+ParseRequestHead = Callable[[bytes | bytearray, int, int], RequestHead | None]
+
+
+def select_parse_request_head(use_speedups: bool) -> ParseRequestHead:
+    """Return the C request-head parser when asked for and built, else the Python reference.
+
+    The accelerator must behave exactly like :func:`_parse_request_head_py`.
+    """
+    if use_speedups:
+        try:
+            from . import _speedups
+        except ImportError:
+            pass
+        else:
+            return _speedups.parse_request_head
+    return _parse_request_head_py
+
+
+#: The request-head fast path the server side uses; ``FCGI_ASYNC_NO_SPEEDUPS=1`` forces the
+#: pure-Python reference.
+parse_request_head: ParseRequestHead = select_parse_request_head(
+    not os.environ.get("FCGI_ASYNC_NO_SPEEDUPS")
+)

@@ -66,6 +66,7 @@ from .records import (
     encode_record,
     encode_stream,
     encode_unknown_type,
+    parse_request_head,
 )
 
 #: Record types a web server never sends with a request id: an application's output, or
@@ -78,6 +79,14 @@ _ALL_ROLES = frozenset(Role)
 # Enum attribute lookups cost more than a global per record; these are read on the hot path.
 _PHASE_PARAMS: Final = Phase.PARAMS
 _PHASE_INPUT_DONE: Final = Phase.INPUT_DONE
+_PHASE_STDIN: Final = Phase.STDIN
+_RESPONDER: Final = Role.RESPONDER
+
+#: How many request ids keep their usual response tail (end of STDOUT, then END_REQUEST with
+#: status 0 and REQUEST_COMPLETE) ready-made. Web servers reuse a few low ids (nginx: 1).
+MAX_CACHED_TAILS: Final = 256
+_CLEAN_TAILS: dict[int, bytes] = {}
+_REQUEST_COMPLETE: Final = ProtocolStatus.REQUEST_COMPLETE
 
 #: Bytes that every FastCGI peer rejects as a record header (version 0): nginx answers
 #: "upstream sent unsupported FastCGI protocol version" and drops the client connection
@@ -116,11 +125,14 @@ class ServerConnection:
     """
 
     __slots__ = (
+        "_buf",
         "_buffer",
         "_dead",
         "_limits",
         "_multiplex",
         "_outgoing",
+        "_parse_head",
+        "_pending",
         "_requests",
         "_roles",
         "_values",
@@ -152,6 +164,12 @@ class ServerConnection:
         ):
             raise ValueError("management_values do not fit in one GET_VALUES_RESULT record")
         self._buffer = RecordBuffer()
+        # The buffer's bytes, for the request-head fast path (see _next_head).
+        self._buf = self._buffer.data
+        # Only RESPONDER requests take the fast path; the other roles are rare.
+        self._parse_head = parse_request_head if Role.RESPONDER in self._roles else None
+        # The StdinEnded that the fast path read along with its RequestReceived.
+        self._pending: StdinEnded | None = None
         self._requests: dict[int, _Request] = {}
         self._outgoing: list[bytes] = []
         self._dead = False
@@ -194,8 +212,16 @@ class ServerConnection:
         """
         if self._dead:
             raise RemoteProtocolError("connection already failed")
+        pending = self._pending
+        if pending is not None:
+            self._pending = None
+            return pending
         try:
             while True:
+                if self._parse_head is not None and self._buf[1:2] == b"\x01":
+                    head = self._next_head()  # BEGIN_REQUEST first: maybe a whole head
+                    if head is not None:
+                        return head
                 record = self._buffer.next_record()
                 if record is None:
                     return NEED_DATA
@@ -205,6 +231,43 @@ class ServerConnection:
         except RemoteProtocolError:
             self._dead = True
             raise
+
+    def _next_head(self) -> RequestReceived | None:
+        """The fast path: BEGIN_REQUEST, PARAMS and an empty STDIN read in one go.
+
+        Taken only when the record-by-record path would accept the request and give the
+        same events (see :func:`~fcgi_async.protocol.records.parse_request_head`); anything
+        unusual returns ``None`` and goes that way instead.
+        """
+        limits = self._limits
+        assert self._parse_head is not None
+        head = self._parse_head(self._buf, limits.max_params_bytes, limits.max_params_pairs)
+        if head is None:
+            return None
+        rid, role, flags, params, consumed, stdin_ended = head
+        requests = self._requests
+        if (
+            role != _RESPONDER
+            or rid in requests
+            or not self.accepting
+            or (requests and not self._multiplex)
+            or len(requests) >= limits.max_requests_per_connection
+        ):
+            return None  # a refusal or an error: the record-by-record path gives it
+        buf = self._buf
+        if consumed == len(buf):
+            buf.clear()
+        else:
+            del buf[:consumed]
+        keep_conn = bool(flags & FCGI_KEEP_CONN)
+        req = _Request(_RESPONDER, keep_conn)
+        if stdin_ended:
+            req.phase = _PHASE_INPUT_DONE
+            self._pending = StdinEnded(rid)
+        else:
+            req.phase = _PHASE_STDIN
+        requests[rid] = req
+        return RequestReceived(rid, _RESPONDER, keep_conn, params)
 
     def _handle_record(self, rtype: int, rid: int, content: bytes) -> ServerEvent | None:
         if rid == NULL_REQUEST_ID:
@@ -334,19 +397,35 @@ class ServerConnection:
         The common small response comes back as a single buffer, so it leaves in one write.
         The request id is free when this returns.
         """
-        req = self._active(request_id)
-        del self._requests[request_id]
+        req = self._requests.pop(request_id, None)
+        if req is None:
+            raise LocalProtocolError(f"request {request_id} is not active", request_id=request_id)
         if not req.keep_conn:
             self.close_requested = True
         n = stdout.nbytes if isinstance(stdout, memoryview) else len(stdout)
-        tail = HEADER.pack(FCGI_VERSION_1, STDOUT, request_id, 0, 0)
-        if req.stderr_used:
-            tail += HEADER.pack(FCGI_VERSION_1, STDERR, request_id, 0, 0)
-        tail += encode_end_request(request_id, app_status, protocol_status)
+        if (
+            app_status == 0
+            and protocol_status is _REQUEST_COMPLETE
+            and not req.stderr_used
+            and request_id in _CLEAN_TAILS
+        ):
+            tail = _CLEAN_TAILS[request_id]
+        else:
+            tail = HEADER.pack(FCGI_VERSION_1, STDOUT, request_id, 0, 0)
+            if req.stderr_used:
+                tail += HEADER.pack(FCGI_VERSION_1, STDERR, request_id, 0, 0)
+            tail += encode_end_request(request_id, app_status, protocol_status)
+            if (
+                app_status == 0
+                and protocol_status is _REQUEST_COMPLETE
+                and not req.stderr_used
+                and len(_CLEAN_TAILS) < MAX_CACHED_TAILS
+            ):
+                _CLEAN_TAILS[request_id] = tail
         if 0 < n < JOIN_BELOW:
             pad = -n & 7
             head = HEADER.pack(FCGI_VERSION_1, STDOUT, request_id, n, pad)
-            return [head + bytes(stdout) + PADDING[pad] + tail]
+            return [b"".join((head, stdout, PADDING[pad], tail))]
         out = encode_stream(STDOUT, request_id, stdout)
         out.append(tail)
         return out
