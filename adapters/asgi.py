@@ -136,6 +136,12 @@ _ERROR_500: Final = (
 
 _CONTENT_HEADERS: Final = frozenset({b"content-type", b"content-length"})
 
+#: The usual methods' names, decoded once.
+_METHODS: Final = {
+    m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
+}
+_FILTER: Final = Role.FILTER
+
 #: Param name -> ASGI header name, or None for params that are not headers. Pre-filled with
 #: the CGI variables nginx, Apache and lighttpd send, so the common case never computes.
 _HEADER_NAMES: dict[bytes, bytes | None] = {
@@ -167,14 +173,6 @@ def _translate_headers(params: Mapping[bytes, bytes]) -> list[tuple[bytes, bytes
         if name is not None and (value or name not in _CONTENT_HEADERS):
             headers.append((name, value))
     return headers
-
-
-def _decode_paths(script_name: bytes, full: bytes) -> tuple[str, str]:
-    """Decode (root_path, path) as UTF-8, or both as latin-1 when either is not UTF-8."""
-    try:
-        return script_name.decode("utf-8"), full.decode("utf-8")
-    except UnicodeDecodeError:
-        return script_name.decode("latin-1"), full.decode("latin-1")
 
 
 def _int_param(value: bytes | None) -> int | None:
@@ -269,11 +267,14 @@ class ASGIAdapter:
         """
         params = request.params
         get = params.get
-        info = split_path(params, self._root_path)
-        script_name = info.script_name
-        full = script_name + info.path_info
-        root_path, path = _decode_paths(script_name, full)
-        raw_path = info.raw_path
+        script_name, path_info, raw_path, query_string = split_path(params, self._root_path)
+        full = script_name + path_info if script_name else path_info
+        try:
+            root_path = script_name.decode("utf-8")
+            path = full.decode("utf-8")
+        except UnicodeDecodeError:  # both as latin-1, so root_path stays a prefix of path
+            root_path = script_name.decode("latin-1")
+            path = full.decode("latin-1")
         if raw_path is None:
             raw_path = quote_from_bytes(full, "/:@!$&'()*+,;=~").encode("ascii")
 
@@ -288,31 +289,42 @@ class ASGIAdapter:
             headers = _translate_headers(params)
 
         remote_addr = get(b"REMOTE_ADDR")
-        client = (
-            (remote_addr.decode("latin-1"), _int_param(get(b"REMOTE_PORT")) or 0)
-            if remote_addr
-            else None
-        )
+        if remote_addr:
+            port = get(b"REMOTE_PORT")
+            client = (remote_addr.decode("latin-1"), int(port) if port and port.isdigit() else 0)
+        else:
+            client = None
         host = get(b"SERVER_ADDR") or get(b"SERVER_NAME")
-        server = (host.decode("latin-1"), _int_param(get(b"SERVER_PORT"))) if host else None
+        if host:
+            port = get(b"SERVER_PORT")
+            server = (host.decode("latin-1"), int(port) if port and port.isdigit() else None)
+        else:
+            server = None
         raw_params = params
         for stripped in STRIPPED_PARAMS:
             if stripped in params:  # rare: copy only when there is something to hide
                 raw_params = {k: v for k, v in params.items() if k not in STRIPPED_PARAMS}
                 break
         extensions: dict[str, Any] = {"http.response.pathsend": {}, "fcgi.params": raw_params}
-        if request.role == Role.FILTER:
+        if request.role == _FILTER:
             extensions["fcgi.data"] = {"receive": request.receive_data}
+        https = get(b"HTTPS")
+        scheme = get(b"REQUEST_SCHEME")
+        if https or (scheme and scheme != b"http"):  # the rare case decides at length
+            scheme_name = "https" if is_https(params) else "http"
+        else:
+            scheme_name = "http"
+        method = get(b"REQUEST_METHOD") or b"GET"
         scope: dict[str, Any] = {
             "type": "http",
             "asgi": {"version": _ASGI_VERSION, "spec_version": _HTTP_SPEC_VERSION},
             "http_version": _HTTP_VERSIONS.get(get(b"SERVER_PROTOCOL") or b"", "1.1"),
-            "method": (get(b"REQUEST_METHOD") or b"GET").decode("latin-1"),
-            "scheme": "https" if is_https(params) else "http",
+            "method": _METHODS.get(method) or method.decode("latin-1"),
+            "scheme": scheme_name,
             "path": path,
             "raw_path": raw_path,
             "root_path": root_path,
-            "query_string": info.query_string,
+            "query_string": query_string,
             "headers": headers,
             "client": client,
             "server": server,
@@ -535,14 +547,13 @@ def _response_head(message: Message) -> bytes:
     # 1xx is not a final status: a CGI response with one would leave the client hanging.
     if type(status) is not int or not 200 <= status <= 999:
         raise ValueError(f"invalid ASGI response status {status!r}")
-    lines = [_STATUS_LINES.get(status) or b"Status: %d Unknown\r\n" % status]
-    append = lines.append
+    parts = [_STATUS_LINES.get(status) or b"Status: %d Unknown\r\n" % status]
     for name, value in message.get("headers", ()):
-        append(b"%s: %s\r\n" % (name, value))
-    append(b"\r\n")
-    head = b"".join(lines)
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    head = b"".join(parts)
     # One scan of the whole block instead of six per header: exactly one CR and one LF per line.
-    n = len(lines)
+    n = (len(parts) + 6) // 4  # the status line, one per header (4 parts each), the blank one
     if head.count(b"\n") != n or head.count(b"\r") != n or b"\0" in head:
         for name, value in message.get("headers", ()):
             if has_forbidden_chars(name) or has_forbidden_chars(value):

@@ -1,4 +1,8 @@
-"""Events the protocol layer hands to its user: frozen, slotted, each naming its request id."""
+"""Events the protocol layer hands to its user: slotted, each naming its request id.
+
+They are read-only by convention, not frozen: a frozen dataclass costs four times more to
+build (``object.__setattr__`` per field), and two are built for nearly every request.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ class _NeedData:
 NEED_DATA: Final = _NeedData()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestReceived:
     """BEGIN_REQUEST and the whole PARAMS stream arrived: the request can be dispatched.
 
@@ -35,7 +39,7 @@ class RequestReceived:
     params: dict[bytes, bytes]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StdinReceived:
     """A non-empty chunk of the request body (STDIN stream)."""
 
@@ -43,14 +47,14 @@ class StdinReceived:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StdinEnded:
     """The request body is complete (the empty STDIN record)."""
 
     request_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DataReceived:
     """A non-empty chunk of the FILTER role's DATA stream (the file to filter)."""
 
@@ -58,14 +62,14 @@ class DataReceived:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DataEnded:
     """The FILTER role's DATA stream is complete."""
 
     request_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestAborted:
     """The web server sent ABORT_REQUEST. The request stays active until we end it.
 
@@ -77,7 +81,7 @@ class RequestAborted:
     request_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestRejected:
     """A BEGIN_REQUEST was answered at once with END_REQUEST; the answer is queued to send.
 
@@ -89,7 +93,7 @@ class RequestRejected:
     protocol_status: ProtocolStatus
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StdoutReceived:
     """Client side: a chunk of the response (STDOUT stream)."""
 
@@ -97,7 +101,7 @@ class StdoutReceived:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StderrReceived:
     """Client side: a chunk of the application's STDERR stream."""
 
@@ -105,7 +109,7 @@ class StderrReceived:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestEnded:
     """Client side: END_REQUEST arrived; the request id is free again."""
 
@@ -114,7 +118,7 @@ class RequestEnded:
     protocol_status: ProtocolStatus
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GetValuesResult:
     """Client side: the answer to GET_VALUES, names mapped to values (both bytes)."""
 
@@ -122,7 +126,7 @@ class GetValuesResult:
     values: dict[bytes, bytes]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UnknownTypeReceived:
     """Client side: the peer did not understand a management record of ``record_type``."""
 

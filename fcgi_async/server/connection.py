@@ -189,7 +189,9 @@ class RequestHandle:
                     )
 
     def _discard_input(self) -> int:
-        size = sum(len(c) for c in self._body) + sum(len(c) for c in self._data)
+        if not (self._body or self._data):
+            return 0
+        size = sum(map(len, self._body)) + sum(map(len, self._data))
         self._body.clear()
         self._data.clear()
         return size
@@ -255,7 +257,9 @@ class RequestHandle:
 
     async def send_stdout(self, data: bytes) -> None:
         """Send response bytes, waiting for flow control (see the Request protocol)."""
-        proto = await self._writable()
+        proto = self._check_writable()
+        if proto.write_paused:
+            proto = await self._writable()
         if data:
             self.response_started = True
             proto.transport.writelines(proto.codec.send_stdout(self.request_id, data))
@@ -269,7 +273,9 @@ class RequestHandle:
 
     async def end(self, stdout: bytes = b"", app_status: int = 0) -> None:
         """Send the last bytes, close the streams and END_REQUEST in one write."""
-        proto = await self._writable()
+        proto = self._check_writable()
+        if proto.write_paused:
+            proto = await self._writable()
         if stdout:
             self.response_started = True
         self.done = True

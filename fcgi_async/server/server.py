@@ -120,9 +120,10 @@ class ServerState:
         """
         self.tasks.add(task)
         task.add_done_callback(self.request_finished)
+        if not self.active_requests:
+            self.idle_event.clear()
         self.active_requests += 1
         self.total_requests += 1
-        self.idle_event.clear()
         if self.on_change is not None:
             self.on_change(self)
 
