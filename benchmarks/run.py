@@ -58,6 +58,8 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results"
 HOLDER = HERE / "harness" / "holdconns.py"
 FAMILY_ORDER = ("raw", "flask", "starlette")
+#: The measurements of the memory phase, always present in ``results["memory"][stack]``.
+MEMORY_KEYS = ("idle_mib", "load_mib", "load_rps", "conns_1000_mib", "conns_held")
 #: Connections the memory phase holds open against one worker.
 IDLE_CONNS = 1000
 
@@ -529,8 +531,13 @@ def _measure_memory(
     scripts: Path,
     progress: Progress,
 ) -> dict[str, Any]:
-    """RSS of one worker: idle, peak under 256-connection load, holding 1,000 idle connections."""
-    out: dict[str, Any] = {"available": True}
+    """RSS of one worker: idle, peak under 256-connection load, holding 1,000 idle connections.
+
+    Every measurement key is present in the result, ``None`` when it could not be taken (wrk
+    or the connection holder failed, typically on a busy machine), with ``note`` saying why:
+    the report's shape never depends on how the run went.
+    """
+    out: dict[str, Any] = {"available": True, **dict.fromkeys(MEMORY_KEYS)}
     hello = SCENARIOS_BY_NAME["hello-256"]
     try:
         inst = start_instance(st, "raw", tmp, procs)

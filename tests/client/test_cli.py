@@ -23,6 +23,7 @@ from fcgi_async.client.cli import (
 from fcgi_async.types import Request
 
 from .conftest import read_body, serve
+from .fakes import fake_server
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -123,3 +124,20 @@ async def test_top_level_cli_dispatches_call(capsysbinary: pytest.CaptureFixture
     async with serve(app) as (_, address, _app):
         assert await asyncio.to_thread(top_cli.main, ["call", address, "/status/200"]) == 0
     assert capsysbinary.readouterr().out == b"status body"
+
+
+async def test_rejected_requests_and_lost_connections_are_fastcgi_errors(
+    capsysbinary: pytest.CaptureFixture[bytes],
+) -> None:
+    # The server serves only the AUTHORIZER role: the command's RESPONDER request is refused.
+    async with serve(app, roles=("authorizer",)) as (_, address, _app):
+        assert await call([address, "/x"]) == EXIT_FASTCGI
+        assert b"UnknownRole" in capsysbinary.readouterr().err
+        assert await call([address, "/x", "--no-fail"]) == EXIT_FASTCGI  # not an HTTP status
+    # The server sends half a response, then closes without END_REQUEST.
+    async with fake_server(close_mid_response=True) as fake:
+        assert await call([fake.address, "/x"]) == EXIT_FASTCGI
+        assert b"ConnectionLost" in capsysbinary.readouterr().err
+    async with fake_server(close_mid_response=True) as fake:
+        assert await call([fake.address, "/x", "-s"]) == EXIT_FASTCGI
+        assert capsysbinary.readouterr().err == b""

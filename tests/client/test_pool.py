@@ -404,7 +404,9 @@ async def test_rejections_are_typed() -> None:
         await release.wait()
         await request.end(OK)
 
-    # The client is told to multiplex; the server takes one request per connection.
+    # The client is told to multiplex, so it never asks GET_VALUES: asked, it would learn
+    # FCGI_MAX_REQS / FCGI_MAX_CONNS = 1 request per connection and open a second connection,
+    # where the request runs (and waits for `release`) instead of being refused.
     async with (
         serve(app, roles=("responder",), max_requests_per_connection=1) as (_, address, seen),
         FastCGIClient(address, multiplex=True) as client,
@@ -414,10 +416,14 @@ async def test_rejections_are_typed() -> None:
         first = asyncio.create_task(client.request({}))
         async with asyncio.timeout(5):
             await seen.arrived.wait()
+        # Bounded: a refusal is immediate; a request that runs would wait for `release`.
         with pytest.raises(Overloaded):
-            await client.request({})
+            async with asyncio.timeout(5):
+                await client.request({})
+        assert len(client.connections) == 1
         release.set()
         assert (await first).status_code == 200
+        assert len(seen.requests) == 1  # neither refused request reached the app
 
 
 async def test_connect_errors() -> None:

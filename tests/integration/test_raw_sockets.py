@@ -15,8 +15,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from fcgi_async.adapters.asgi import ASGIAdapter
+from fcgi_async.adapters.wsgi import WSGIAdapter
 
 from fcgi_async.config import Config
 from fcgi_async.protocol import (
@@ -37,7 +40,7 @@ from fcgi_async.protocol import (
 from fcgi_async.protocol.events import _NeedData  # NEED_DATA's type, for mypy to narrow
 from fcgi_async.server import BindError, Server, parse_bind
 from fcgi_async.server.listeners import bind_socket
-from fcgi_async.types import ClientDisconnected, Request
+from fcgi_async.types import Application, ClientDisconnected, Request
 from tests.protocol.helpers import raw_record
 from tests.server.helpers import App, wait_until
 
@@ -341,6 +344,100 @@ async def test_keep_conn_0_answer_survives_a_body_still_being_sent(
     await wait_until(lambda: not server.state.connections)
 
 
+# --------------------------------------------------------- roles, through both adapters
+
+
+def _role_wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    body = environ["wsgi.input"].read()
+    if environ["FCGI_ROLE"] == "AUTHORIZER":
+        user = environ.get("HTTP_X_USER", "")
+        if user != "alice":
+            start_response("403 Forbidden", [("Content-Type", "text/plain")])
+            return [b"denied:" + body]
+        start_response("200 OK", [("Variable-REMOTE_USER", user), ("Content-Length", "0")])
+        return [body]
+    data = environ["fcgi.data"].read()
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [body + b"|" + data.upper()]
+
+
+async def _role_asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    headers = dict(scope["headers"])
+    if "fcgi.data" not in scope["extensions"]:  # AUTHORIZER (this server serves no RESPONDER)
+        user = headers.get(b"x-user", b"")
+        status = 200 if user == b"alice" else 403
+        extra = [(b"variable-remote_user", user)] if status == 200 else []
+        await send({"type": "http.response.start", "status": status, "headers": extra})
+        await send({"type": "http.response.body", "body": body if status == 200 else b"denied:"})
+        return
+    data = b""
+    while chunk := await scope["extensions"]["fcgi.data"]["receive"]():
+        data += chunk
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body + b"|" + data.upper()})
+
+
+def _role_adapter(kind: str) -> Application:
+    if kind == "wsgi":
+        return WSGIAdapter(_role_wsgi_app, threads=2)
+    return ASGIAdapter(_role_asgi_app, lifespan="off")
+
+
+@pytest.mark.parametrize("kind", ["wsgi", "asgi"])
+async def test_authorizer_without_any_stdin_record_is_answered(
+    servers: Servers, peers: list[Peer], kind: str
+) -> None:
+    """mod_authnz_fcgi sends BEGIN_REQUEST and PARAMS and no STDIN at all: the app must still
+    run, see an empty body at once, and its 200 and Variable-* headers reach the web server."""
+    server = await servers.start(_role_adapter(kind), roles=("authorizer", "filter"))
+    peer = await connect(server, peers)
+    allow = {b"REQUEST_METHOD": b"GET", b"REQUEST_URI": b"/x", b"HTTP_X_USER": b"alice"}
+    peer.send(peer.frame(1, allow, body=None, role=Role.AUTHORIZER))
+    allowed = await peer.answer(1)
+    assert allowed.end == RequestEnded(1, 0, ProtocolStatus.REQUEST_COMPLETE)
+    head, _, body = allowed.stdout.partition(b"\r\n\r\n")
+    assert head.startswith(b"Status: 200")
+    assert b"\r\nvariable-remote_user: alice" in head.lower()
+    assert body == b""
+    deny = {b"REQUEST_METHOD": b"GET", b"REQUEST_URI": b"/x", b"HTTP_X_USER": b"mallory"}
+    peer.send(peer.frame(2, deny, body=None, role=Role.AUTHORIZER))
+    denied = await peer.answer(2)
+    assert denied.stdout.startswith(b"Status: 403")
+    assert denied.body == b"denied:"
+
+
+@pytest.mark.parametrize("kind", ["wsgi", "asgi"])
+async def test_filter_data_stream_reaches_the_app(
+    servers: Servers, peers: list[Peer], kind: str
+) -> None:
+    """FILTER: STDIN, then the file as DATA records that arrive later, in pieces."""
+    server = await servers.start(_role_adapter(kind), roles=("authorizer", "filter"))
+    peer = await connect(server, peers)
+    c = peer.codec
+    data = b"file text " * 10_000  # two DATA records and more
+    params = {
+        b"REQUEST_METHOD": b"POST",
+        b"CONTENT_LENGTH": b"2",
+        b"FCGI_DATA_LENGTH": b"%d" % len(data),
+        b"FCGI_DATA_LAST_MOD": b"0",
+    }
+    peer.send(peer.frame(1, params, b"in", role=Role.FILTER))
+    # The app is running (and reading) before any DATA exists: DATA must wake it later.
+    await wait_until(lambda: server.state.active_requests == 1)
+    peer.send(c.send_data(1, data[:7]))
+    peer.send(c.send_data(1, data[7:]), c.end_data(1))
+    answer = await peer.answer(1)
+    assert answer.end == RequestEnded(1, 0, ProtocolStatus.REQUEST_COMPLETE)
+    assert answer.stdout.startswith(b"Status: 200")
+    assert answer.body == b"in|" + data.upper()
+
+
 # ---------------------------------------------------------------------- broken peers
 
 
@@ -365,10 +462,17 @@ def _half_record(peer: Peer) -> bytes:
     return peer.codec.begin_request(1)[:5]
 
 
+def _duplicate_begin(peer: Peer) -> bytes:
+    # Request 1 is running (its app waits for the body) when a second BEGIN_REQUEST for id 1
+    # arrives: spec §3.3 makes that a protocol error, and only this connection pays for it.
+    again = raw_record(RecordType.BEGIN_REQUEST, 1, b"\x00\x01\x01\x00\x00\x00\x00\x00")
+    return peer.frame(1, {b"TAG": b"dup"}, body=None) + again
+
+
 @pytest.mark.parametrize(
     "bad",
-    [_bad_version, _oversized_params, _truncated_pairs, _half_record],
-    ids=["bad-version", "oversized-params", "truncated-pairs", "half-record"],
+    [_bad_version, _oversized_params, _truncated_pairs, _half_record, _duplicate_begin],
+    ids=["bad-version", "oversized-params", "truncated-pairs", "half-record", "duplicate-begin"],
 )
 async def test_a_broken_peer_loses_only_its_own_connection(
     servers: Servers, peers: list[Peer], bad: Callable[[Peer], bytes]
