@@ -6,7 +6,8 @@
 #
 # Steps: apt packages (nginx, php-fpm, libfcgi-bin, spawn-fcgi, wrk) when missing, a .venv
 # with the project and its test extra, ruff (lint and format), mypy --strict, then pytest (and
-# the protocol tests again on the pure-Python reference of the C accelerator).
+# the protocol tests again on the pure-Python reference of the C accelerator, requiring 100%
+# branch coverage of fcgi_async/protocol/).
 # Needs no stdin. The tests start and stop their own nginx, php-fpm and fcgi-async processes.
 set -euo pipefail
 
@@ -44,6 +45,10 @@ step "mypy (strict; files from pyproject.toml)"
 "$VENV/bin/mypy"
 step ".venv/bin/python -m pytest $*"
 "$VENV/bin/python" -m pytest "$@" </dev/null
-# The protocol suite once more on the pure-Python reference of the C accelerator.
-step "FCGI_ASYNC_NO_SPEEDUPS=1 .venv/bin/python -m pytest -q tests/protocol"
-FCGI_ASYNC_NO_SPEEDUPS=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/protocol </dev/null
+# The protocol suite once more on the pure-Python reference of the C accelerator, with 100%
+# branch coverage of fcgi_async/protocol/ required (the selectors of the C paths are covered too).
+COV_ARGS="--cov=fcgi_async.protocol --cov-branch --cov-report=term-missing:skip-covered"
+step "FCGI_ASYNC_NO_SPEEDUPS=1 .venv/bin/python -m pytest -q tests/protocol $COV_ARGS --cov-fail-under=100"
+# shellcheck disable=SC2086 # COV_ARGS is several words on purpose
+FCGI_ASYNC_NO_SPEEDUPS=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/protocol \
+    $COV_ARGS --cov-fail-under=100 </dev/null

@@ -39,6 +39,17 @@ def test_python_reference_is_the_fallback_when_the_extension_is_missing(
     assert records.select_decode_pairs(True) is records._decode_pairs_py
 
 
+def test_request_head_parser_falls_back_to_python_when_the_extension_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import fcgi_async.protocol
+
+    assert records.select_parse_request_head(False) is records._parse_request_head_py
+    monkeypatch.delattr(fcgi_async.protocol, "_speedups", raising=False)
+    monkeypatch.setitem(sys.modules, "fcgi_async.protocol._speedups", None)
+    assert records.select_parse_request_head(True) is records._parse_request_head_py
+
+
 @needs_c
 @given(
     st.lists(st.tuples(st.binary(max_size=300), st.binary(max_size=300)), max_size=20),
