@@ -61,15 +61,31 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("path", nargs="?", default="/", help="request target, /path?query (%(default)s)")
     p.add_argument("-X", "--request", dest="method", help="HTTP method (GET, POST with data)")
     p.add_argument(
-        "-H", "--header", action="append", default=[], help="'Name: value' header (repeatable)"
+        "-H",
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="a request header, sent as HTTP_NAME (repeatable)",
     )
     p.add_argument("-d", "--data", help="request body; @FILE reads a file, @- reads stdin")
-    p.add_argument("--data-file", help="read the request body from FILE ('-' for stdin)")
     p.add_argument(
-        "-p", "--param", action="append", default=[], help="NAME=VALUE param (repeatable)"
+        "--data-file", metavar="FILE", help="read the request body from FILE ('-' for stdin)"
     )
-    p.add_argument("--script-filename", help="SCRIPT_FILENAME (run this script)")
-    p.add_argument("--document-root", help="DOCUMENT_ROOT; SCRIPT_FILENAME is looked up below it")
+    p.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a CGI param to add or override, e.g. SCRIPT_FILENAME=/srv/x.php (repeatable)",
+    )
+    p.add_argument("--script-filename", metavar="PATH", help="SCRIPT_FILENAME (run this script)")
+    p.add_argument(
+        "--document-root",
+        metavar="DIR",
+        help="DOCUMENT_ROOT; without --script-filename, SCRIPT_FILENAME is DIR + the script path",
+    )
     p.add_argument(
         "--get-values", action="store_true", help="ask FCGI_MAX_CONNS/MAX_REQS/MPXS_CONNS"
     )
@@ -84,7 +100,8 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout",
         type=float,
         default=DEFAULT_TIMEOUT_S,
-        help="seconds for the whole exchange (%(default)s)",
+        metavar="S",
+        help="seconds for the whole exchange (%(default)s); exit status 28 when exceeded",
     )
     return p
 

@@ -18,6 +18,7 @@ from fcgi_async.client.cli import (
     EXIT_OK,
     EXIT_TIMEOUT,
     EXIT_USAGE,
+    _parser,
     main,
 )
 from fcgi_async.types import Request
@@ -141,3 +142,23 @@ async def test_rejected_requests_and_lost_connections_are_fastcgi_errors(
     async with fake_server(close_mid_response=True) as fake:
         assert await call([fake.address, "/x", "-s"]) == EXIT_FASTCGI
         assert capsysbinary.readouterr().err == b""
+
+
+def test_help_explains_every_option_and_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = _parser()
+    for action in parser._actions:
+        assert len(action.help or "") > 10, action.option_strings or action.dest
+    assert main(["--help"]) == EXIT_OK
+    text = " ".join(capsys.readouterr().out.split())
+    for option in ("--get-values", "--data-file FILE", "-p NAME=VALUE", "--timeout S", "--no-fail"):
+        assert option in text
+    for code, meaning in [
+        (EXIT_OK, "ok"),
+        (EXIT_LOCAL, "local error"),
+        (EXIT_USAGE, "usage"),
+        (EXIT_CONNECT, "cannot connect"),
+        (EXIT_FASTCGI, "FastCGI error"),
+        (EXIT_HTTP, "HTTP status >= 400"),
+        (EXIT_TIMEOUT, "timeout"),
+    ]:
+        assert f"{code} {meaning}" in text
