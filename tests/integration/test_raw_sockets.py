@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import time
@@ -470,12 +471,22 @@ def _duplicate_begin(peer: Peer) -> bytes:
 
 
 @pytest.mark.parametrize(
-    "bad",
-    [_bad_version, _oversized_params, _truncated_pairs, _half_record, _duplicate_begin],
+    ("bad", "reason"),
+    [
+        (_bad_version, "protocol error: unsupported FastCGI version"),
+        (_oversized_params, "protocol error: params exceed 1024 bytes"),
+        (_truncated_pairs, "protocol error: name-value pair longer than the stream"),
+        (_half_record, "record incomplete after"),
+        (_duplicate_begin, "protocol error: BEGIN_REQUEST for active request 1"),
+    ],
     ids=["bad-version", "oversized-params", "truncated-pairs", "half-record", "duplicate-begin"],
 )
 async def test_a_broken_peer_loses_only_its_own_connection(
-    servers: Servers, peers: list[Peer], bad: Callable[[Peer], bytes]
+    servers: Servers,
+    peers: list[Peer],
+    bad: Callable[[Peer], bytes],
+    reason: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     server = await servers.start(
         App(echo), max_params_bytes=1024, record_timeout_s=1.5, keepalive_timeout_s=60
@@ -483,6 +494,8 @@ async def test_a_broken_peer_loses_only_its_own_connection(
     good = await connect(server, peers)
     assert (await good.request({b"TAG": b"before"})).body == b"before:"
     broken = await connect(server, peers)
+    host, port = broken.writer.get_extra_info("sockname")[:2]
+    caplog.set_level(logging.WARNING, "fcgi_async.server")
     broken.send(bad(broken))
     closed = asyncio.ensure_future(broken.eof(within_s=5))
     answered = 0
@@ -496,6 +509,11 @@ async def test_a_broken_peer_loses_only_its_own_connection(
     assert answered >= 1
     assert (await good.request({b"TAG": b"after"})).body == b"after:"
     await wait_until(lambda: len(server.state.connections) == 1)
+    # One log line names the peer and the reason; the good connection is never mentioned.
+    lines = [r.getMessage() for r in caplog.records if r.name == "fcgi_async.server"]
+    assert [line for line in lines if f"{host}:{port}" in line and reason in line], lines
+    good_port = good.writer.get_extra_info("sockname")[1]
+    assert not [line for line in lines if f":{good_port}" in line], lines
 
 
 async def test_a_protocol_error_never_leaves_the_app_running_after_shutdown(
