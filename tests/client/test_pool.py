@@ -236,6 +236,37 @@ async def test_cancel_sends_abort_when_multiplexing() -> None:
         assert RecordType.ABORT_REQUEST in types
 
 
+async def test_cancel_closes_the_connection_when_not_multiplexing() -> None:
+    """Without multiplexing there is no ABORT_REQUEST: the connection is closed, which the
+    server (like nginx's client abort) sees as a disconnect; the pool then uses a new one."""
+    gone = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def app(request: Request) -> None:
+        if request.params.get(b"REQUEST_URI") == b"/slow":
+            await request.send_stdout(OK + b"partial")
+            entered.set()
+            await request.wait_disconnected()
+            gone.set()
+            return
+        await request.end(OK + b"fast")
+
+    async with serve(app) as (_, address, _app), recording_proxy(address) as proxy:
+        async with FastCGIClient(proxy.address, multiplex=False) as client:
+            task = asyncio.create_task(client.request(build_params("GET", "/slow")))
+            async with asyncio.timeout(5):
+                await entered.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            async with asyncio.timeout(5):
+                await gone.wait()
+            assert (await client.request(build_params("GET", "/x"))).body == b"fast"
+            assert [c.served for c in client.connections] == [1]
+        assert len(proxy.upstream) == 2
+        assert RecordType.ABORT_REQUEST not in [r.type for r in proxy.records_up(0)]
+
+
 async def test_closing_a_stream_early_closes_a_plain_connection() -> None:
     gone = asyncio.Event()
 
