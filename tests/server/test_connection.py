@@ -786,7 +786,9 @@ async def test_authorizer_has_no_body_and_filter_gets_data() -> None:
     )
     await wait_until(lambda: h.state.active_requests == 0)
     events = h.events()
-    assert ended(events, 1) is not None
+    # Exactly the app's answer: a failed assertion in the app would have given a 500.
+    assert stdout_of(events, 1) == b"Status: 200\r\n\r\n"
+    assert ended(events, 1) == RequestEnded(1, 0, ProtocolStatus.REQUEST_COMPLETE)
     assert stdout_of(events, 2).endswith(b"FILE TEXT")
 
 
