@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from http import HTTPStatus
 from typing import Any, Final, Literal, NoReturn
@@ -154,25 +155,84 @@ _HEADER_NAMES: dict[bytes, bytes | None] = {
 }
 
 
-def _translate_headers(params: Mapping[bytes, bytes]) -> list[tuple[bytes, bytes]]:
-    """The ASGI headers of a request whose params hold names not yet in the cache.
+def _translate_headers(params: Mapping[bytes, bytes]) -> None:
+    """Learn the header names of params not yet in the cache, while it has room.
 
-    ``HTTP_X_Y`` becomes ``b"x-y"``; other params are not headers. Learnt names are cached
-    while the cache has room.
+    ``HTTP_X_Y`` becomes ``b"x-y"``; other params are not headers (``None``).
     """
     names = _HEADER_NAMES
-    headers = []
-    for key, value in params.items():
-        if key in names:
-            name = names[key]
+    for key in params:
+        if key not in names and len(names) < MAX_CACHED_HEADER_NAMES:
+            names[key] = _header_name(key)
+
+
+def _header_name(key: bytes) -> bytes | None:
+    """The ASGI header name of a param, or ``None`` for params that are not headers."""
+    return (key[5:].lower().replace(b"_", b"-") or None) if key.startswith(b"HTTP_") else None
+
+
+def _translate_all(params: Mapping[bytes, bytes]) -> dict[bytes, bytes | None]:
+    """Header names for every param, from the cache or computed (when the cache is full)."""
+    names = _HEADER_NAMES
+    return {key: names[key] if key in names else _header_name(key) for key in params}
+
+
+ScopeParts = tuple[list[tuple[bytes, bytes]], tuple[str, int] | None, tuple[str, int | None] | None]
+"""``(headers, client, server)`` of an ``http`` scope."""
+
+
+def _scope_parts_py(
+    params: Mapping[bytes, bytes],
+    names: Mapping[bytes, bytes | None],
+    content_headers: frozenset[bytes],
+) -> ScopeParts | None:
+    """The headers, client and server of a request's scope; ``None`` if a name is not in names.
+
+    The reference of the C accelerator (``fcgi_async.adapters._speedups.scope_parts``).
+    """
+    try:
+        headers = [
+            (name, value)
+            for key, value in params.items()
+            if (name := names[key]) is not None and (value or name not in content_headers)
+        ]
+    except KeyError:
+        return None
+    get = params.get
+    remote_addr = get(b"REMOTE_ADDR")
+    if remote_addr:
+        port = get(b"REMOTE_PORT")
+        client = (remote_addr.decode("latin-1"), int(port) if port and port.isdigit() else 0)
+    else:
+        client = None
+    host = get(b"SERVER_ADDR") or get(b"SERVER_NAME")
+    if host:
+        port = get(b"SERVER_PORT")
+        server = (host.decode("latin-1"), int(port) if port and port.isdigit() else None)
+    else:
+        server = None
+    return headers, client, server
+
+
+ScopePartsFunction = Callable[
+    [Mapping[bytes, bytes], Mapping[bytes, bytes | None], frozenset[bytes]], ScopeParts | None
+]
+
+
+def select_scope_parts(use_speedups: bool) -> ScopePartsFunction:
+    """Return the C scope builder when asked for and built, else the Python reference."""
+    if use_speedups:
+        try:
+            from . import _speedups
+        except ImportError:
+            pass
         else:
-            name = key[5:].lower().replace(b"_", b"-") if key.startswith(b"HTTP_") else None
-            name = name or None
-            if len(names) < MAX_CACHED_HEADER_NAMES:
-                names[key] = name
-        if name is not None and (value or name not in _CONTENT_HEADERS):
-            headers.append((name, value))
-    return headers
+            return _speedups.scope_parts
+    return _scope_parts_py
+
+
+#: ``FCGI_ASYNC_NO_SPEEDUPS=1`` forces the pure-Python reference.
+_scope_parts: ScopePartsFunction = select_scope_parts(not os.environ.get("FCGI_ASYNC_NO_SPEEDUPS"))
 
 
 def _int_param(value: bytes | None) -> int | None:
@@ -278,28 +338,14 @@ class ASGIAdapter:
         if raw_path is None:
             raw_path = quote_from_bytes(full, "/:@!$&'()*+,;=~").encode("ascii")
 
-        names = _HEADER_NAMES
-        try:
-            headers = [
-                (name, value)
-                for key, value in params.items()
-                if (name := names[key]) is not None and (value or name not in _CONTENT_HEADERS)
-            ]
-        except KeyError:  # a param name not seen before
-            headers = _translate_headers(params)
-
-        remote_addr = get(b"REMOTE_ADDR")
-        if remote_addr:
-            port = get(b"REMOTE_PORT")
-            client = (remote_addr.decode("latin-1"), int(port) if port and port.isdigit() else 0)
-        else:
-            client = None
-        host = get(b"SERVER_ADDR") or get(b"SERVER_NAME")
-        if host:
-            port = get(b"SERVER_PORT")
-            server = (host.decode("latin-1"), int(port) if port and port.isdigit() else None)
-        else:
-            server = None
+        parts = _scope_parts(params, _HEADER_NAMES, _CONTENT_HEADERS)
+        if parts is None:  # a param name not seen before (or an unusual Mapping)
+            _translate_headers(params)
+            parts = _scope_parts_py(params, _HEADER_NAMES, _CONTENT_HEADERS)
+            if parts is None:  # the name cache is full: translate every time
+                parts = _scope_parts_py(params, _translate_all(params), _CONTENT_HEADERS)
+                assert parts is not None
+        headers, client, server = parts
         raw_params = params
         for stripped in STRIPPED_PARAMS:
             if stripped in params:  # rare: copy only when there is something to hide

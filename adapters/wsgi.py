@@ -935,10 +935,10 @@ class WSGIAdapter:
                     length = None
         else:
             pop("CONTENT_LENGTH", None)
-        path = split_path(params, self._root_path)
-        env["SCRIPT_NAME"] = path.script_name.decode("latin-1")
-        env["PATH_INFO"] = path.path_info.decode("latin-1")
-        env["QUERY_STRING"] = path.query_string.decode("latin-1")
+        script_name, path_info, _, query_string = split_path(params, self._root_path)
+        env["SCRIPT_NAME"] = script_name.decode("latin-1")
+        env["PATH_INFO"] = path_info.decode("latin-1")
+        env["QUERY_STRING"] = query_string.decode("latin-1")
         https = is_https(params)
         if not env.get("REQUEST_METHOD"):
             env["REQUEST_METHOD"] = "GET"

@@ -6,8 +6,8 @@
 #
 # Steps: apt packages (nginx, php-fpm, libfcgi-bin, spawn-fcgi, wrk) when missing, a .venv
 # with the project and its test extra, ruff (lint and format), mypy --strict, then pytest (and
-# the protocol tests again on the pure-Python reference of the C accelerator, requiring 100%
-# branch coverage of fcgi_async/protocol/).
+# the protocol and adapter tests again on the pure-Python references of the C accelerators,
+# requiring 100% branch coverage of fcgi_async/protocol/).
 # Needs no stdin. The tests start and stop their own nginx, php-fpm and fcgi-async processes.
 set -euo pipefail
 
@@ -52,3 +52,6 @@ step "FCGI_ASYNC_NO_SPEEDUPS=1 .venv/bin/python -m pytest -q tests/protocol $COV
 # shellcheck disable=SC2086 # COV_ARGS is several words on purpose
 FCGI_ASYNC_NO_SPEEDUPS=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/protocol \
     $COV_ARGS --cov-fail-under=100 </dev/null
+# The adapter suite once more on the pure-Python reference of the ASGI scope accelerator.
+step "FCGI_ASYNC_NO_SPEEDUPS=1 .venv/bin/python -m pytest -q tests/adapters"
+FCGI_ASYNC_NO_SPEEDUPS=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/adapters </dev/null

@@ -106,6 +106,36 @@ head_length(const unsigned char *buf, Py_ssize_t *pos, Py_ssize_t end, Py_ssize_
     return 0;
 }
 
+/* Param names of the last request, by position. A web server sends the same names in the
+ * same order for every request, so the name objects (and their cached hashes) are reused:
+ * no allocation and no hashing per name. Only names up to NAME_CACHE_MAX_LEN bytes are kept. */
+#define NAME_CACHE_SIZE 64
+#define NAME_CACHE_MAX_LEN 64
+static PyObject *name_cache[NAME_CACHE_SIZE];
+
+static PyObject *
+head_name(const unsigned char *p, Py_ssize_t len, Py_ssize_t index)
+{
+    if (index >= NAME_CACHE_SIZE || len > NAME_CACHE_MAX_LEN)
+        return PyBytes_FromStringAndSize((const char *)p, len);
+    PyObject *cached = name_cache[index];
+    if (cached != NULL && PyBytes_GET_SIZE(cached) == len &&
+        memcmp(PyBytes_AS_STRING(cached), p, len) == 0) {
+        Py_INCREF(cached);
+        return cached;
+    }
+    PyObject *name = PyBytes_FromStringAndSize((const char *)p, len);
+    if (name == NULL)
+        return NULL;
+    if (PyObject_Hash(name) == -1) { /* cannot fail for bytes; keeps the cache simple */
+        Py_DECREF(name);
+        return NULL;
+    }
+    Py_INCREF(name);
+    Py_XSETREF(name_cache[index], name);
+    return name;
+}
+
 /* Decode pairs into dict d (a later name wins). 1 done, 0 malformed or too many, -1 error. */
 static int
 head_pairs(const unsigned char *buf, Py_ssize_t end, Py_ssize_t max_pairs, PyObject *d)
@@ -119,7 +149,7 @@ head_pairs(const unsigned char *buf, Py_ssize_t end, Py_ssize_t max_pairs, PyObj
             return 0;
         if (nlen > end - pos || vlen > end - pos - nlen)
             return 0;
-        PyObject *name = PyBytes_FromStringAndSize((const char *)buf + pos, nlen);
+        PyObject *name = head_name(buf + pos, nlen, count);
         if (name == NULL)
             return -1;
         PyObject *value = PyBytes_FromStringAndSize((const char *)buf + pos + nlen, vlen);

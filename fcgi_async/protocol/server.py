@@ -188,12 +188,12 @@ class ServerConnection:
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Buffer bytes received from the peer; events come out of :meth:`next_event`."""
-        self._buffer.feed(data)
+        self._buf += data  # what RecordBuffer.feed does, without the call
 
     @property
     def has_partial_record(self) -> bool:
         """True when received bytes wait for the rest of their record (slowloris timer)."""
-        return self._buffer.pending > 0
+        return len(self._buf) > 0
 
     @property
     def active_requests(self) -> int:
@@ -218,7 +218,8 @@ class ServerConnection:
             return pending
         try:
             while True:
-                if self._parse_head is not None and self._buf[1:2] == b"\x01":
+                buf = self._buf
+                if self._parse_head is not None and len(buf) >= 24 and buf[1] == BEGIN_REQUEST:
                     head = self._next_head()  # BEGIN_REQUEST first: maybe a whole head
                     if head is not None:
                         return head

@@ -431,7 +431,9 @@ class FastCGIProtocol(asyncio.Protocol):
                 elif cls is StdinEnded:
                     handle = requests.get(event.request_id)  # type: ignore[union-attr]
                     if handle is not None:
-                        handle._feed_body_eof()
+                        handle._body_eof = True  # _feed_body_eof, inlined: once per request
+                        if handle._waiters:
+                            handle._wake()
                 elif cls is StdinReceived or cls is DataReceived:
                     handle = requests.get(event.request_id)  # type: ignore[union-attr]
                     if handle is not None and not handle.done:
@@ -550,10 +552,10 @@ class FastCGIProtocol(asyncio.Protocol):
         """Forget a request (free its id) once its END_REQUEST (or failure) is written."""
         if self.requests.pop(handle.request_id, None) is None:
             return
-        leftover = handle._discard_input()
-        if leftover:
-            self.body_consumed(leftover)
-        handle._wake()  # a receive() still waiting (another task of the app) must not hang
+        if handle._body or handle._data:
+            self.body_consumed(handle._discard_input())
+        if handle._waiters:
+            handle._wake()  # a receive() still waiting (another task of the app) must not hang
         if not self.requests:
             self.idle_since = self.loop.time()
             if self.codec.close_requested:

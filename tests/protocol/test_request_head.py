@@ -281,3 +281,22 @@ def test_every_single_split_of_a_get() -> None:
     data = head(NGINX, padding=5) + head(NGINX, rid=2)
     for chunks in _all_splits(data):
         assert same_everywhere(chunks)[-1] == (False, 2, False)
+
+
+def test_reused_names_never_leak_between_requests() -> None:
+    """The C parser reuses the name objects of the last request: only when the bytes match."""
+    first = {
+        b"AAAA": b"1",
+        b"BBBB": b"2",
+        b"N" * 100: b"long",
+        **{b"K%03d" % i: b"" for i in range(70)},
+    }
+    second = {
+        b"AAAB": b"1",
+        b"BBBB": b"3",
+        b"M" * 100: b"long",
+        **{b"K%03d" % i: b"x" for i in range(70)},
+    }
+    for params in (first, second, first, {}, second):
+        data = head(params)
+        assert C(data, 65535, 1000) == PY(data, 65535, 1000) == (1, 1, 1, params, len(data), True)
