@@ -26,6 +26,7 @@ async def fake_server(
     answer_get_values: bool = True,
     close_after_response: bool = False,
     close_mid_response: bool = False,
+    close_first_mid_response: bool = False,
     drop_second_request: bool = False,
     response: bytes = b"Status: 200 OK\r\nContent-Type: text/plain\r\n\r\nfake",
 ) -> AsyncIterator[FakeServer]:
@@ -35,6 +36,8 @@ async def fake_server(
         answer_get_values: when False, GET_VALUES is never answered (the connection stays open).
         close_after_response: close every connection after END_REQUEST, ignoring KEEP_CONN.
         close_mid_response: send half the response, then close without END_REQUEST.
+        close_first_mid_response: the same for the first request only; later requests are
+            answered normally.
         drop_second_request: close a connection, unanswered, when a second request arrives on
             it (a keep-alive connection the server gave up on just as the client reused it).
         response: the STDOUT of every request.
@@ -58,7 +61,7 @@ async def fake_server(
                         served += 1
                     if isinstance(event, StdinEnded):
                         rid = event.request_id
-                        if close_mid_response:
+                        if close_mid_response or (close_first_mid_response and state.requests == 1):
                             writer.writelines(codec.send_stdout(rid, response[:20]))
                             await writer.drain()
                             writer.close()

@@ -346,8 +346,20 @@ async def test_server_closing_mid_response_is_connection_lost() -> None:
     async with fake_server(close_mid_response=True) as fake, FastCGIClient(fake.address) as client:
         with pytest.raises(ConnectionLost, match="closed the connection"):
             await client.request({})
-    async with fake_server() as fake, FastCGIClient(fake.address) as client:
-        assert (await client.request({})).body == b"fake"
+    # The same pool goes on with a new connection: the broken one poisons nothing.
+    body = b"0123456789" * 10
+    async with (
+        fake_server(close_first_mid_response=True, response=b"Status: 200\r\n\r\n" + body) as fake,
+        FastCGIClient(fake.address, multiplex=False) as client,
+    ):
+        # The head and 5 bytes of body arrive, then the connection closes.
+        async with client.stream({}, b"body") as response:
+            assert response.status_code == 200
+            with pytest.raises(ConnectionLost, match="closed the connection"):
+                await response.aread()
+        for _ in range(3):
+            assert (await client.request({}, b"body")).body == body
+        assert (fake.requests, fake.connections) == (4, 2)
 
 
 async def test_stale_keep_alive_connection_is_retried() -> None:
