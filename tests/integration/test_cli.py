@@ -22,6 +22,7 @@ import pytest
 
 from fcgi_async import __version__
 from fcgi_async.cli import config_from_args, main, parse_args
+from fcgi_async.importer import AppLoadError
 from fcgi_async.protocol import (
     NEED_DATA,
     ClientConnection,
@@ -29,6 +30,7 @@ from fcgi_async.protocol import (
     RequestEnded,
     StdoutReceived,
 )
+from fcgi_async.runner import loop_factory
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 15.0
@@ -466,3 +468,16 @@ def test_listening_socket_passed_as_fd_0_is_used_without_bind(
     code, err = stop(proc)
     assert code == 0, err
     assert "fd 0" in err
+
+
+def test_loop_auto_is_uvloop_when_installed_else_asyncio(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvloop  # a runtime dependency on CPython/POSIX
+
+    assert loop_factory("auto") is uvloop.new_event_loop
+    assert loop_factory("uvloop") is uvloop.new_event_loop
+    assert loop_factory("asyncio") is None
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if it were not installed
+    assert loop_factory("auto") is None
+    assert loop_factory("asyncio") is None
+    with pytest.raises(AppLoadError, match="uvloop is not installed"):
+        loop_factory("uvloop")
