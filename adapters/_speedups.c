@@ -1,12 +1,12 @@
-/* Optional accelerator for the ASGI adapter: the per-request parts of the scope that loop over
- * every param (headers) or parse numbers (client and server addresses).
+/* Optional accelerator for the ASGI adapter: the ``http`` scope of a request, built in one call.
  *
- * Mirrors fcgi_async.adapters.asgi._scope_parts_py exactly; the Python function stays the
- * reference and the same tests run against both.
- * scope_parts(params: dict, names: dict, content_headers: frozenset)
- *     -> (headers, client, server) | None
- * None means "not handled here" (a param name missing from names, a value that is not bytes,
- * params that are not a dict): the caller takes the Python path.
+ * http_scope(params: dict, root_path: bytes | None, state: dict, names: dict) -> dict | None
+ * mirrors fcgi_async.adapters.asgi._http_scope_py for the requests web servers send nearly
+ * always, and declines (returns None) everything else, which the Python reference then builds:
+ * a root_path setting, a path with %-escapes or not UTF-8, no REQUEST_URI, an HTTPS or
+ * REQUEST_SCHEME other than the plain forms, an HTTP_PROXY param, a param name not in names
+ * (not learnt yet), a value that is not bytes, params that are not a dict.
+ * The Python function stays the reference and the same tests run against both.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -56,41 +56,62 @@ address(PyObject *host, PyObject *port, PyObject *no_port, PyObject **out)
     return *out == NULL ? -1 : 1;
 }
 
-/* A param that is non-empty bytes, borrowed; NULL when absent, empty, or on error. */
+static PyObject *k_request_uri, *k_query_string, *k_script_name, *k_path_info, *k_https,
+    *k_request_scheme, *k_request_method, *k_server_protocol, *k_http_proxy;
+static PyObject *s_type, *s_http, *s_asgi, *s_version, *s_spec_version, *s_v30, *s_v24,
+    *s_http_version, *s_method, *s_scheme, *s_https, *s_path, *s_raw_path, *s_root_path,
+    *s_query_string, *s_headers, *s_client, *s_server, *s_extensions, *s_state, *s_pathsend,
+    *s_params, *s_get, *s_1_0, *s_1_1, *s_2, *s_empty;
+static PyObject *b_content_type, *b_content_length, *b_empty;
+
+/* A bytes param, borrowed; NULL when absent. *bad is set when present but not bytes. */
 static PyObject *
-truthy(PyObject *params, PyObject *key)
+param(PyObject *params, PyObject *key, int *bad)
 {
     PyObject *v = PyDict_GetItemWithError(params, key);
-    if (v != NULL && PyBytes_Check(v) && PyBytes_GET_SIZE(v) == 0)
-        return NULL;
+    if (v != NULL && !PyBytes_Check(v))
+        *bad = 1;
     return v;
 }
 
-static PyObject *
-scope_parts(PyObject *self, PyObject *args)
+static int
+is(PyObject *v, const char *text)
 {
-    PyObject *params, *names, *content_headers;
-    if (!PyArg_ParseTuple(args, "OO!O", &params, &PyDict_Type, &names, &content_headers))
-        return NULL;
-    if (!PyDict_CheckExact(params))
-        Py_RETURN_NONE;
-    PyObject *headers = PyList_New(0), *client = NULL, *server = NULL, *key, *value;
+    Py_ssize_t n = (Py_ssize_t)strlen(text);
+    return v != NULL && PyBytes_GET_SIZE(v) == n && memcmp(PyBytes_AS_STRING(v), text, n) == 0;
+}
+
+static int
+empty(PyObject *v)
+{
+    return v == NULL || PyBytes_GET_SIZE(v) == 0;
+}
+
+/* The headers list, or NULL: *declined set when a name is unknown or a value not bytes. */
+static PyObject *
+headers_of(PyObject *params, PyObject *names, int *declined)
+{
+    PyObject *headers = PyList_New(0), *key, *value;
     if (headers == NULL)
         return NULL;
     Py_ssize_t pos = 0;
     while (PyDict_Next(params, &pos, &key, &value)) {
         PyObject *name = PyDict_GetItemWithError(names, key);
         if (name == NULL) {
-            if (PyErr_Occurred())
-                goto fail;
-            goto none; /* a name not learnt yet */
+            if (!PyErr_Occurred())
+                *declined = 1; /* a name not learnt yet */
+            goto fail;
+        }
+        if (!PyBytes_Check(value)) {
+            *declined = 1;
+            goto fail;
         }
         if (name == Py_None)
             continue;
-        if (!PyBytes_Check(value))
-            goto none;
         if (PyBytes_GET_SIZE(value) == 0) {
-            int c = PySet_Contains(content_headers, name);
+            int c = PyObject_RichCompareBool(name, b_content_type, Py_EQ);
+            if (c == 0)
+                c = PyObject_RichCompareBool(name, b_content_length, Py_EQ);
             if (c < 0)
                 goto fail;
             if (c)
@@ -103,55 +124,180 @@ scope_parts(PyObject *self, PyObject *args)
         }
         Py_DECREF(pair);
     }
-    PyObject *remote_addr = PyDict_GetItemWithError(params, k_remote_addr);
-    if (remote_addr == NULL && PyErr_Occurred())
-        goto fail;
-    PyObject *remote_port = PyDict_GetItemWithError(params, k_remote_port);
-    if (remote_port == NULL && PyErr_Occurred())
-        goto fail;
-    PyObject *zero = PyLong_FromLong(0);
-    if (zero == NULL)
-        goto fail;
-    int rc = address(remote_addr, remote_port, zero, &client);
-    Py_DECREF(zero);
-    if (rc < 0)
-        goto fail;
-    if (rc == 0)
-        goto none;
-    PyObject *host = truthy(params, k_server_addr);
-    if (host == NULL) {
-        if (PyErr_Occurred())
-            goto fail;
-        host = truthy(params, k_server_name);
-        if (host == NULL && PyErr_Occurred())
-            goto fail;
-    }
-    PyObject *server_port = PyDict_GetItemWithError(params, k_server_port);
-    if (server_port == NULL && PyErr_Occurred())
-        goto fail;
-    rc = address(host, server_port, Py_None, &server);
-    if (rc < 0)
-        goto fail;
-    if (rc == 0)
-        goto none;
-    PyObject *result = PyTuple_Pack(3, headers, client, server);
-    Py_DECREF(headers);
-    Py_DECREF(client);
-    Py_DECREF(server);
-    return result;
-none:
-    Py_DECREF(headers);
-    Py_XDECREF(client);
-    Py_RETURN_NONE;
+    return headers;
 fail:
     Py_DECREF(headers);
-    Py_XDECREF(client);
     return NULL;
 }
 
+static PyObject *
+http_scope(PyObject *self, PyObject *args)
+{
+    PyObject *params, *root_path_setting, *state, *names;
+    if (!PyArg_ParseTuple(args, "OOO!O!", &params, &root_path_setting, &PyDict_Type, &state,
+                          &PyDict_Type, &names))
+        return NULL;
+    if (!PyDict_CheckExact(params) || root_path_setting != Py_None)
+        Py_RETURN_NONE;
+    int bad = 0, declined = 0;
+    PyObject *request_uri = param(params, k_request_uri, &bad);
+    PyObject *query = param(params, k_query_string, &bad);
+    PyObject *script = param(params, k_script_name, &bad);
+    PyObject *info = param(params, k_path_info, &bad);
+    PyObject *https = param(params, k_https, &bad);
+    PyObject *scheme = param(params, k_request_scheme, &bad);
+    PyObject *method = param(params, k_request_method, &bad);
+    PyObject *protocol = param(params, k_server_protocol, &bad);
+    PyObject *remote_addr = param(params, k_remote_addr, &bad);
+    PyObject *remote_port = param(params, k_remote_port, &bad);
+    PyObject *server_addr = param(params, k_server_addr, &bad);
+    PyObject *server_name = param(params, k_server_name, &bad);
+    PyObject *server_port = param(params, k_server_port, &bad);
+    PyObject *proxy = PyDict_GetItemWithError(params, k_http_proxy);
+    if (PyErr_Occurred())
+        return NULL;
+    if (bad || proxy != NULL || empty(request_uri))
+        Py_RETURN_NONE;
+    PyObject *scheme_name;
+    if (empty(https) && (empty(scheme) || is(scheme, "http")))
+        scheme_name = s_http;
+    else if ((empty(https) || is(https, "on")) && (empty(scheme) || is(scheme, "https")))
+        scheme_name = s_https;
+    else
+        Py_RETURN_NONE;
+
+    /* The path, as fcgi_async.cgi.split_path cuts it when root_path is not set. */
+    const char *uri = PyBytes_AS_STRING(request_uri);
+    Py_ssize_t uri_len = PyBytes_GET_SIZE(request_uri);
+    const char *mark = memchr(uri, '?', uri_len);
+    Py_ssize_t raw_len = mark ? mark - uri : uri_len;
+    PyObject *result = NULL, *raw_path = NULL, *query_string = NULL, *root_path = NULL,
+             *path = NULL, *headers = NULL, *client = NULL, *server = NULL, *dict = NULL;
+    raw_path = PyBytes_FromStringAndSize(uri, raw_len);
+    if (raw_path == NULL)
+        goto done;
+    if (!empty(query))
+        query_string = Py_NewRef(query);
+    else if (mark)
+        query_string = PyBytes_FromStringAndSize(mark + 1, uri_len - raw_len - 1);
+    else
+        query_string = Py_NewRef(b_empty);
+    if (query_string == NULL)
+        goto done;
+    if (!empty(info)) {
+        /* The web server split the path: SCRIPT_NAME (without trailing slashes) + PATH_INFO. */
+        const char *sn = script ? PyBytes_AS_STRING(script) : "";
+        Py_ssize_t sn_len = script ? PyBytes_GET_SIZE(script) : 0;
+        while (sn_len > 0 && sn[sn_len - 1] == '/')
+            sn_len--;
+        const char *pi = PyBytes_AS_STRING(info);
+        Py_ssize_t pi_len = PyBytes_GET_SIZE(info);
+        root_path = PyUnicode_DecodeUTF8(sn, sn_len, NULL);
+        if (root_path == NULL)
+            goto decline_on_decode_error;
+        if (sn_len == 0) {
+            path = PyUnicode_DecodeUTF8(pi, pi_len, NULL);
+        }
+        else {
+            PyObject *tail = PyUnicode_DecodeUTF8(pi, pi_len, NULL);
+            if (tail == NULL)
+                goto decline_on_decode_error;
+            path = PyUnicode_Concat(root_path, tail);
+            Py_DECREF(tail);
+        }
+        if (path == NULL)
+            goto decline_on_decode_error;
+    }
+    else {
+        if (memchr(uri, '%', raw_len) != NULL)
+            goto decline; /* %-escapes: the reference unquotes */
+        root_path = Py_NewRef(s_empty);
+        path = PyUnicode_DecodeUTF8(uri, raw_len, NULL);
+        if (path == NULL)
+            goto decline_on_decode_error;
+    }
+    headers = headers_of(params, names, &declined);
+    if (headers == NULL)
+        goto maybe_decline;
+    PyObject *zero = PyLong_FromLong(0);
+    if (zero == NULL)
+        goto done;
+    int rc = address(remote_addr, remote_port, zero, &client);
+    Py_DECREF(zero);
+    if (rc <= 0)
+        goto address_failed;
+    rc = address(empty(server_addr) ? server_name : server_addr, server_port, Py_None, &server);
+    if (rc <= 0)
+        goto address_failed;
+
+    PyObject *http_version = s_1_1;
+    if (is(protocol, "HTTP/1.0"))
+        http_version = s_1_0;
+    else if (is(protocol, "HTTP/2") || is(protocol, "HTTP/2.0"))
+        http_version = s_2;
+    PyObject *method_name = NULL;
+    if (empty(method))
+        method_name = Py_NewRef(s_get);
+    else
+        method_name = PyUnicode_DecodeLatin1(PyBytes_AS_STRING(method), PyBytes_GET_SIZE(method),
+                                             NULL);
+    if (method_name == NULL)
+        goto done;
+    PyObject *asgi = Py_BuildValue("{OOOO}", s_version, s_v30, s_spec_version, s_v24);
+    PyObject *pathsend = PyDict_New();
+    PyObject *extensions =
+        pathsend ? Py_BuildValue("{OOOO}", s_pathsend, pathsend, s_params, params) : NULL;
+    PyObject *state_copy = PyDict_Copy(state);
+    dict = PyDict_New();
+    if (asgi == NULL || extensions == NULL || state_copy == NULL || dict == NULL ||
+        PyDict_SetItem(dict, s_type, s_http) < 0 || PyDict_SetItem(dict, s_asgi, asgi) < 0 ||
+        PyDict_SetItem(dict, s_http_version, http_version) < 0 ||
+        PyDict_SetItem(dict, s_method, method_name) < 0 ||
+        PyDict_SetItem(dict, s_scheme, scheme_name) < 0 ||
+        PyDict_SetItem(dict, s_path, path) < 0 || PyDict_SetItem(dict, s_raw_path, raw_path) < 0 ||
+        PyDict_SetItem(dict, s_root_path, root_path) < 0 ||
+        PyDict_SetItem(dict, s_query_string, query_string) < 0 ||
+        PyDict_SetItem(dict, s_headers, headers) < 0 ||
+        PyDict_SetItem(dict, s_client, client) < 0 ||
+        PyDict_SetItem(dict, s_server, server) < 0 ||
+        PyDict_SetItem(dict, s_extensions, extensions) < 0 ||
+        PyDict_SetItem(dict, s_state, state_copy) < 0) {
+        Py_CLEAR(dict);
+    }
+    Py_XDECREF(asgi);
+    Py_XDECREF(pathsend);
+    Py_XDECREF(extensions);
+    Py_XDECREF(state_copy);
+    Py_DECREF(method_name);
+    result = dict;
+    goto done;
+address_failed:
+    if (rc < 0)
+        goto done;
+    goto decline; /* not bytes: cannot happen (checked above), but never build half a scope */
+decline_on_decode_error:
+    if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+        goto done;
+    PyErr_Clear();
+    goto decline;
+maybe_decline:
+    if (!declined)
+        goto done;
+decline:
+    result = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(raw_path);
+    Py_XDECREF(query_string);
+    Py_XDECREF(root_path);
+    Py_XDECREF(path);
+    Py_XDECREF(headers);
+    Py_XDECREF(client);
+    Py_XDECREF(server);
+    return result;
+}
+
 static PyMethodDef methods[] = {
-    {"scope_parts", scope_parts, METH_VARARGS,
-     "The headers, client and server of an ASGI scope, or None."},
+    {"http_scope", http_scope, METH_VARARGS, "The http scope of a common request, or None."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -160,15 +306,64 @@ static struct PyModuleDef module = {
     methods,
 };
 
+static int
+init_constants(void)
+{
+#define B(var, text) if ((var = PyBytes_FromString(text)) == NULL) return -1
+#define S(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return -1
+    B(k_remote_addr, "REMOTE_ADDR");
+    B(k_remote_port, "REMOTE_PORT");
+    B(k_server_addr, "SERVER_ADDR");
+    B(k_server_name, "SERVER_NAME");
+    B(k_server_port, "SERVER_PORT");
+    B(k_request_uri, "REQUEST_URI");
+    B(k_query_string, "QUERY_STRING");
+    B(k_script_name, "SCRIPT_NAME");
+    B(k_path_info, "PATH_INFO");
+    B(k_https, "HTTPS");
+    B(k_request_scheme, "REQUEST_SCHEME");
+    B(k_request_method, "REQUEST_METHOD");
+    B(k_server_protocol, "SERVER_PROTOCOL");
+    B(k_http_proxy, "HTTP_PROXY");
+    B(b_content_type, "content-type");
+    B(b_content_length, "content-length");
+    B(b_empty, "");
+    S(s_type, "type");
+    S(s_http, "http");
+    S(s_https, "https");
+    S(s_asgi, "asgi");
+    S(s_version, "version");
+    S(s_spec_version, "spec_version");
+    S(s_v30, "3.0");
+    S(s_v24, "2.4");
+    S(s_http_version, "http_version");
+    S(s_method, "method");
+    S(s_scheme, "scheme");
+    S(s_path, "path");
+    S(s_raw_path, "raw_path");
+    S(s_root_path, "root_path");
+    S(s_query_string, "query_string");
+    S(s_headers, "headers");
+    S(s_client, "client");
+    S(s_server, "server");
+    S(s_extensions, "extensions");
+    S(s_state, "state");
+    S(s_pathsend, "http.response.pathsend");
+    S(s_params, "fcgi.params");
+    S(s_get, "GET");
+    S(s_1_0, "1.0");
+    S(s_1_1, "1.1");
+    S(s_2, "2");
+    S(s_empty, "");
+#undef B
+#undef S
+    return 0;
+}
+
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
-    k_remote_addr = PyBytes_FromString("REMOTE_ADDR");
-    k_remote_port = PyBytes_FromString("REMOTE_PORT");
-    k_server_addr = PyBytes_FromString("SERVER_ADDR");
-    k_server_name = PyBytes_FromString("SERVER_NAME");
-    k_server_port = PyBytes_FromString("SERVER_PORT");
-    if (!k_remote_addr || !k_remote_port || !k_server_addr || !k_server_name || !k_server_port)
+    if (init_constants() < 0)
         return NULL;
     return PyModule_Create(&module);
 }

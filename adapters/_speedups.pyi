@@ -1,10 +1,10 @@
 from collections.abc import Mapping
+from typing import Any
 
-def scope_parts(
+def http_scope(
     params: Mapping[bytes, bytes],
-    names: Mapping[bytes, bytes | None],
-    content_headers: frozenset[bytes],
+    root_path: bytes | None,
+    state: dict[str, Any],
+    names: dict[bytes, bytes | None],
     /,
-) -> (
-    tuple[list[tuple[bytes, bytes]], tuple[str, int] | None, tuple[str, int | None] | None] | None
-): ...
+) -> dict[str, Any] | None: ...

@@ -145,7 +145,7 @@ _FILTER: Final = Role.FILTER
 
 #: Param name -> ASGI header name, or None for params that are not headers. Pre-filled with
 #: the CGI variables nginx, Apache and lighttpd send, so the common case never computes.
-_HEADER_NAMES: dict[bytes, bytes | None] = {
+_INITIAL_HEADER_NAMES: Final[Mapping[bytes, bytes | None]] = {
     b"CONTENT_TYPE": b"content-type",
     b"CONTENT_LENGTH": b"content-length",
     # CGI's CONTENT_* are authoritative (RFC 3875 §4.1.18); the HTTP_ copies would duplicate.
@@ -153,6 +153,7 @@ _HEADER_NAMES: dict[bytes, bytes | None] = {
     b"HTTP_CONTENT_LENGTH": None,
     **{name: None for name in STRIPPED_PARAMS},
 }
+_HEADER_NAMES: dict[bytes, bytes | None] = dict(_INITIAL_HEADER_NAMES)
 
 
 def _translate_headers(params: Mapping[bytes, bytes]) -> None:
@@ -186,10 +187,7 @@ def _scope_parts_py(
     names: Mapping[bytes, bytes | None],
     content_headers: frozenset[bytes],
 ) -> ScopeParts | None:
-    """The headers, client and server of a request's scope; ``None`` if a name is not in names.
-
-    The reference of the C accelerator (``fcgi_async.adapters._speedups.scope_parts``).
-    """
+    """The headers, client and server of a request's scope; ``None`` if a name is not in names."""
     try:
         headers = [
             (name, value)
@@ -214,30 +212,101 @@ def _scope_parts_py(
     return headers, client, server
 
 
-ScopePartsFunction = Callable[
-    [Mapping[bytes, bytes], Mapping[bytes, bytes | None], frozenset[bytes]], ScopeParts | None
+HttpScope = Callable[
+    [Mapping[bytes, bytes], bytes | None, dict[str, Any], dict[bytes, bytes | None]],
+    dict[str, Any] | None,
 ]
+"""``http_scope(params, root_path, state, names)``: a request's scope, or ``None`` to decline."""
 
 
-def select_scope_parts(use_speedups: bool) -> ScopePartsFunction:
-    """Return the C scope builder when asked for and built, else the Python reference."""
+def _decline(
+    params: Mapping[bytes, bytes],
+    root_path: bytes | None,
+    state: dict[str, Any],
+    names: dict[bytes, bytes | None],
+) -> None:
+    """The scope builder used without the accelerator: the reference builds every scope."""
+    return None
+
+
+def select_http_scope(use_speedups: bool) -> HttpScope:
+    """Return the C scope builder when asked for and built, else one that always declines."""
     if use_speedups:
         try:
             from . import _speedups
         except ImportError:
             pass
         else:
-            return _speedups.scope_parts
-    return _scope_parts_py
+            return _speedups.http_scope
+    return _decline
 
 
-#: ``FCGI_ASYNC_NO_SPEEDUPS=1`` forces the pure-Python reference.
-_scope_parts: ScopePartsFunction = select_scope_parts(not os.environ.get("FCGI_ASYNC_NO_SPEEDUPS"))
+#: ``FCGI_ASYNC_NO_SPEEDUPS=1`` leaves every scope to the pure-Python reference.
+_http_scope: HttpScope = select_http_scope(not os.environ.get("FCGI_ASYNC_NO_SPEEDUPS"))
 
 
 def _int_param(value: bytes | None) -> int | None:
     """Parse a numeric param (a port, CONTENT_LENGTH); ``None`` when absent or not digits."""
     return int(value) if value and value.isdigit() else None
+
+
+def _http_scope_py(
+    params: Mapping[bytes, bytes], root_path_setting: bytes | None, state: dict[str, Any]
+) -> dict[str, Any]:
+    """The ``http`` scope of a request (see the module docstring), without ``fcgi.data``.
+
+    The reference of the C accelerator's ``http_scope``, which builds the same dict for the
+    common requests and declines (returns ``None``) the rest.
+    """
+    get = params.get
+    script_name, path_info, raw_path, query_string = split_path(params, root_path_setting)
+    full = script_name + path_info if script_name else path_info
+    try:
+        root_path = script_name.decode("utf-8")
+        path = full.decode("utf-8")
+    except UnicodeDecodeError:  # both as latin-1, so root_path stays a prefix of path
+        root_path = script_name.decode("latin-1")
+        path = full.decode("latin-1")
+    if raw_path is None:
+        raw_path = quote_from_bytes(full, "/:@!$&'()*+,;=~").encode("ascii")
+
+    parts = _scope_parts_py(params, _HEADER_NAMES, _CONTENT_HEADERS)
+    if parts is None:  # a param name not seen before
+        _translate_headers(params)
+        parts = _scope_parts_py(params, _HEADER_NAMES, _CONTENT_HEADERS)
+        if parts is None:  # the name cache is full: translate every time
+            parts = _scope_parts_py(params, _translate_all(params), _CONTENT_HEADERS)
+            assert parts is not None
+    headers, client, server = parts
+    raw_params = params
+    for stripped in STRIPPED_PARAMS:
+        if stripped in params:  # rare: copy only when there is something to hide
+            raw_params = {k: v for k, v in params.items() if k not in STRIPPED_PARAMS}
+            break
+    extensions: dict[str, Any] = {"http.response.pathsend": {}, "fcgi.params": raw_params}
+    https = get(b"HTTPS")
+    scheme = get(b"REQUEST_SCHEME")
+    if https or (scheme and scheme != b"http"):  # the rare case decides at length
+        scheme_name = "https" if is_https(params) else "http"
+    else:
+        scheme_name = "http"
+    method = get(b"REQUEST_METHOD") or b"GET"
+    return {
+        "type": "http",
+        "asgi": {"version": _ASGI_VERSION, "spec_version": _HTTP_SPEC_VERSION},
+        "http_version": _HTTP_VERSIONS.get(get(b"SERVER_PROTOCOL") or b"", "1.1"),
+        "method": _METHODS.get(method) or method.decode("latin-1"),
+        "scheme": scheme_name,
+        "path": path,
+        "raw_path": raw_path,
+        "root_path": root_path,
+        "query_string": query_string,
+        "headers": headers,
+        "client": client,
+        "server": server,
+        "extensions": extensions,
+        "state": state.copy(),
+    }
 
 
 class LifespanFailure(Exception):
@@ -326,57 +395,11 @@ class ASGIAdapter:
         cancellation propagates.
         """
         params = request.params
-        get = params.get
-        script_name, path_info, raw_path, query_string = split_path(params, self._root_path)
-        full = script_name + path_info if script_name else path_info
-        try:
-            root_path = script_name.decode("utf-8")
-            path = full.decode("utf-8")
-        except UnicodeDecodeError:  # both as latin-1, so root_path stays a prefix of path
-            root_path = script_name.decode("latin-1")
-            path = full.decode("latin-1")
-        if raw_path is None:
-            raw_path = quote_from_bytes(full, "/:@!$&'()*+,;=~").encode("ascii")
-
-        parts = _scope_parts(params, _HEADER_NAMES, _CONTENT_HEADERS)
-        if parts is None:  # a param name not seen before (or an unusual Mapping)
-            _translate_headers(params)
-            parts = _scope_parts_py(params, _HEADER_NAMES, _CONTENT_HEADERS)
-            if parts is None:  # the name cache is full: translate every time
-                parts = _scope_parts_py(params, _translate_all(params), _CONTENT_HEADERS)
-                assert parts is not None
-        headers, client, server = parts
-        raw_params = params
-        for stripped in STRIPPED_PARAMS:
-            if stripped in params:  # rare: copy only when there is something to hide
-                raw_params = {k: v for k, v in params.items() if k not in STRIPPED_PARAMS}
-                break
-        extensions: dict[str, Any] = {"http.response.pathsend": {}, "fcgi.params": raw_params}
+        scope = _http_scope(params, self._root_path, self._state, _HEADER_NAMES)
+        if scope is None:  # anything unusual (or no accelerator): the reference decides
+            scope = _http_scope_py(params, self._root_path, self._state)
         if request.role == _FILTER:
-            extensions["fcgi.data"] = {"receive": request.receive_data}
-        https = get(b"HTTPS")
-        scheme = get(b"REQUEST_SCHEME")
-        if https or (scheme and scheme != b"http"):  # the rare case decides at length
-            scheme_name = "https" if is_https(params) else "http"
-        else:
-            scheme_name = "http"
-        method = get(b"REQUEST_METHOD") or b"GET"
-        scope: dict[str, Any] = {
-            "type": "http",
-            "asgi": {"version": _ASGI_VERSION, "spec_version": _HTTP_SPEC_VERSION},
-            "http_version": _HTTP_VERSIONS.get(get(b"SERVER_PROTOCOL") or b"", "1.1"),
-            "method": _METHODS.get(method) or method.decode("latin-1"),
-            "scheme": scheme_name,
-            "path": path,
-            "raw_path": raw_path,
-            "root_path": root_path,
-            "query_string": query_string,
-            "headers": headers,
-            "client": client,
-            "server": server,
-            "extensions": extensions,
-            "state": self._state.copy(),
-        }
+            scope["extensions"]["fcgi.data"] = {"receive": request.receive_data}
 
         cycle = _Cycle(request)
         try:

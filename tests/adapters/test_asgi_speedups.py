@@ -1,8 +1,8 @@
-"""The optional C builder of the ASGI scope's headers, client and server.
+"""The optional C builder of the ASGI ``http`` scope.
 
-It must behave exactly like the Python reference, and the adapter must give the same scope
-whichever is used, including for param names it has not seen before and once its name cache
-is full.
+Wherever it builds a scope, it must be exactly the Python reference's; where it declines
+(returns None), the adapter uses the reference. The adapter gives the same scope either way,
+including for param names it has not seen before and once its name cache is full.
 """
 
 from __future__ import annotations
@@ -14,82 +14,149 @@ from fcgi_async.adapters import asgi
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fcgi_async.cgi import STRIPPED_PARAMS
+
 from .fakes import FakeRequest
 
-PY = asgi.select_scope_parts(False)
-C = asgi.select_scope_parts(True)
-CONTENT = frozenset({b"content-type", b"content-length"})
+C = asgi.select_http_scope(True)
+PY = asgi._http_scope_py
+
+NGINX = {
+    b"QUERY_STRING": b"a=1",
+    b"REQUEST_METHOD": b"GET",
+    b"CONTENT_TYPE": b"",
+    b"CONTENT_LENGTH": b"",
+    b"SCRIPT_NAME": b"/index",
+    b"REQUEST_URI": b"/index?a=1",
+    b"DOCUMENT_URI": b"/index",
+    b"SERVER_PROTOCOL": b"HTTP/1.1",
+    b"REQUEST_SCHEME": b"http",
+    b"REMOTE_ADDR": b"127.0.0.1",
+    b"REMOTE_PORT": b"40000",
+    b"SERVER_ADDR": b"127.0.0.1",
+    b"SERVER_PORT": b"8080",
+    b"SERVER_NAME": b"example.org",
+    b"HTTP_HOST": b"example.org",
+    b"HTTP_ACCEPT": b"*/*",
+}
 
 
-def outcome(fn: asgi.ScopePartsFunction, *args: Any) -> object:
+def learnt(params: dict[bytes, Any]) -> dict[bytes, bytes | None]:
+    """The adapter's name table, as the reference uses it, with ``params`` learnt."""
+    if len(asgi._HEADER_NAMES) > asgi.MAX_CACHED_HEADER_NAMES // 2:  # random names fill it
+        asgi._HEADER_NAMES.clear()
+        asgi._HEADER_NAMES.update(asgi._INITIAL_HEADER_NAMES)
+    asgi._translate_headers(params)
+    return asgi._HEADER_NAMES
+
+
+def outcome(fn: Any, *args: Any) -> object:
     try:
         return fn(*args)
-    except Exception as exc:
+    except Exception as exc:  # the same exception either way is the point
         return ("raised", type(exc), str(exc))
 
 
-def as_the_adapter_uses_it(*args: Any) -> object:
-    """C's answer, or the reference's where C declines (returns None), as the adapter does."""
-    result = outcome(C, *args)
-    return outcome(PY, *args) if result is None else result
+def check(params: dict[bytes, Any], root_path: bytes | None = None, **state: Any) -> object:
+    """C's scope equals the reference's, or C declines; returns C's answer."""
+    names = learnt(params)
+    built = outcome(C, params, root_path, state, names)
+    if built is not None:
+        assert built == outcome(PY, params, root_path, state)
+    return built
 
 
 def test_the_c_builder_is_built() -> None:
     """CI builds the accelerator; a silent fallback would leave it untested."""
-    assert C is not PY
-    assert PY is asgi._scope_parts_py
+    assert C is not asgi._decline
 
 
-names = st.sampled_from(
-    [
-        *(b"HTTP_HOST", b"HTTP_X_A", b"HTTP_", b"CONTENT_TYPE", b"CONTENT_LENGTH", b"REMOTE_ADDR"),
-        *(b"REMOTE_PORT", b"SERVER_ADDR", b"SERVER_NAME", b"SERVER_PORT", b"QUERY_STRING"),
-    ]
-) | st.binary(max_size=12)
-values = st.sampled_from([b"", b"0", b"80", b"0080", b"65535", b"8o", b" 1", b"1_0", b"\xff"]) | (
-    st.binary(max_size=8)
-)
-
-
-@given(params=st.dictionaries(names, values, max_size=12), learn=st.booleans())
-@settings(max_examples=400, deadline=None)
-def test_c_matches_python(params: dict[bytes, bytes], learn: bool) -> None:
-    table: dict[bytes, bytes | None] = {b"CONTENT_TYPE": b"content-type"}
-    if learn:
-        table.update({k: asgi._header_name(k) for k in params})
-    # Bytes params in a dict: C declines only for a name the table lacks, as Python does.
-    assert outcome(C, params, table, CONTENT) == outcome(PY, params, table, CONTENT)
+def test_builds_what_nginx_sends() -> None:
+    scope = check(NGINX, lifespan_thing=1)
+    assert isinstance(scope, dict)
+    assert scope["path"] == "/index"
+    assert scope["headers"] == [(b"host", b"example.org"), (b"accept", b"*/*")]
+    assert scope["state"] == {"lifespan_thing": 1}
 
 
 @pytest.mark.parametrize(
-    "params",
+    "change",
     [
-        {b"REMOTE_ADDR": "text"},  # not bytes: the Python path decides (and fails)
-        {b"SERVER_NAME": b"h", b"SERVER_PORT": "80"},
-        {b"HTTP_HOST": "text"},
+        {b"PATH_INFO": b"/rest", b"SCRIPT_NAME": b"/app//"},
+        {b"PATH_INFO": b"/r\xc3\xa9st", b"SCRIPT_NAME": b""},
+        {b"REQUEST_URI": b"/no-query?", b"QUERY_STRING": b""},
+        {b"REQUEST_URI": b"/q?from=uri", b"QUERY_STRING": b""},
+        {b"HTTPS": b"on", b"REQUEST_SCHEME": b"https"},
+        {b"HTTPS": b"", b"REQUEST_SCHEME": b"https"},
+        {b"SERVER_PROTOCOL": b"HTTP/2.0", b"REQUEST_METHOD": b"PROPFIND"},
+        {b"SERVER_PROTOCOL": b"HTTP/1.0", b"REQUEST_METHOD": b""},
+        {b"SERVER_PROTOCOL": b"SPDY", b"CONTENT_TYPE": b"text/plain", b"CONTENT_LENGTH": b"3"},
+        {b"REMOTE_PORT": b"", b"SERVER_PORT": b"x", b"SERVER_ADDR": b""},
+        {b"REMOTE_ADDR": b"", b"SERVER_NAME": b"", b"SERVER_ADDR": b""},
     ],
 )
-def test_unusual_values_behave_the_same(params: dict[bytes, Any]) -> None:
-    table = {k: asgi._header_name(k) for k in params}
-    assert outcome(C, params, table, CONTENT) is None  # C leaves what is not bytes to Python
-    assert as_the_adapter_uses_it(params, table, CONTENT) == outcome(PY, params, table, CONTENT)
+def test_common_variants_are_built_alike(change: dict[bytes, bytes]) -> None:
+    assert check({**NGINX, **change}) is not None
 
 
-def test_a_port_over_the_int_digit_limit_raises_the_same() -> None:
-    params = {b"REMOTE_ADDR": b"::1", b"REMOTE_PORT": b"9" * 5000}
-    table = {k: asgi._header_name(k) for k in params}
-    assert outcome(C, params, table, CONTENT) == outcome(PY, params, table, CONTENT)
-    assert outcome(PY, params, table, CONTENT)[0] == "raised"  # type: ignore[index]
+@pytest.mark.parametrize(
+    ("change", "root_path"),
+    [
+        ({b"REQUEST_URI": b"/%41"}, None),  # unquoting: the reference's
+        ({b"REQUEST_URI": b"/\xff"}, None),  # not UTF-8: latin-1 in both paths
+        ({b"PATH_INFO": b"/x", b"SCRIPT_NAME": b"/\xe9"}, None),
+        ({b"REQUEST_URI": b""}, None),
+        ({b"HTTPS": b"ON"}, None),
+        ({b"HTTPS": b"on", b"REQUEST_SCHEME": b"http"}, None),
+        ({b"HTTP_PROXY": b"http://evil"}, None),
+        ({b"HTTP_HOST": "not bytes"}, None),
+        ({}, b"/mount"),
+    ],
+)
+def test_unusual_requests_are_declined(change: dict[bytes, Any], root_path: bytes | None) -> None:
+    params = {**NGINX, **change}
+    assert C(params, root_path, {}, learnt(params)) is None
 
 
-def test_a_mapping_that_is_not_a_dict_takes_the_python_path() -> None:
+def test_unknown_names_and_other_mappings_are_declined() -> None:
+    assert C({**NGINX, b"HTTP_NEVER_LEARNT": b"1"}, None, {}, learnt(NGINX)) is None
+
     class Params(dict[bytes, bytes]):
         pass
 
-    params = Params({b"HTTP_HOST": b"h"})
-    table = {b"HTTP_HOST": b"host"}
-    assert C(params, table, CONTENT) is None
-    assert PY(params, table, CONTENT) == ([(b"host", b"h")], None, None)
+    assert C(Params(NGINX), None, {}, learnt(NGINX)) is None
+
+
+def test_c_knows_every_stripped_param() -> None:
+    """C declines HTTP_PROXY by name: a new entry in STRIPPED_PARAMS must be taught to it."""
+    assert frozenset({b"HTTP_PROXY"}) == STRIPPED_PARAMS
+
+
+names = st.sampled_from([*NGINX, b"PATH_INFO", b"HTTPS", b"HTTP_X_A", b"HTTP_"]) | (
+    st.binary(max_size=10)
+)
+values = (
+    st.sampled_from(
+        [b"", b"0", b"80", b"0080", b"8o", b"on", b"https", b"http", b"HTTP/2", b"/a?b", b"/%2F"]
+    )
+    | st.builds(lambda parts: b"/".join(parts), st.lists(st.binary(max_size=4), max_size=4))
+    | st.binary(max_size=8)
+)
+
+
+@given(
+    change=st.dictionaries(names, values, max_size=8),
+    drop=st.lists(st.sampled_from(list(NGINX)), max_size=5),
+    root_path=st.sampled_from([None, None, None, b"/index", b""]),
+)
+@settings(max_examples=400, deadline=None)
+def test_c_matches_python(
+    change: dict[bytes, bytes], drop: list[bytes], root_path: bytes | None
+) -> None:
+    params = {**NGINX, **change}
+    for name in drop:
+        params.pop(name, None)
+    check(params, root_path)
 
 
 async def scope_of(params: dict[str, str]) -> dict[str, Any]:
@@ -108,9 +175,9 @@ async def scope_of(params: dict[str, str]) -> dict[str, Any]:
 async def test_new_names_are_learnt_then_served_from_the_cache(
     use_c: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(asgi, "_scope_parts", C if use_c else PY)
+    monkeypatch.setattr(asgi, "_http_scope", C if use_c else asgi._decline)
     # A fresh cache: earlier tests may have filled the process-wide one with random names.
-    monkeypatch.setattr(asgi, "_HEADER_NAMES", {b"CONTENT_TYPE": b"content-type"})
+    monkeypatch.setattr(asgi, "_HEADER_NAMES", dict(asgi._INITIAL_HEADER_NAMES))
     params = {"HTTP_X_NEVER_SEEN": "1", "HTTP_": "empty name", "DOCUMENT_ROOT": "/srv"}
     for _ in range(2):
         scope = await scope_of(params)
@@ -124,7 +191,7 @@ async def test_new_names_are_learnt_then_served_from_the_cache(
 async def test_headers_are_right_once_the_name_cache_is_full(
     use_c: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(asgi, "_scope_parts", C if use_c else PY)
+    monkeypatch.setattr(asgi, "_http_scope", C if use_c else asgi._decline)
     monkeypatch.setattr(asgi, "_HEADER_NAMES", dict(asgi._HEADER_NAMES))
     monkeypatch.setattr(asgi, "MAX_CACHED_HEADER_NAMES", len(asgi._HEADER_NAMES))
     scope = await scope_of({"HTTP_X_FULL": "yes", "HTTP_ACCEPT": "*/*"})
