@@ -686,7 +686,7 @@ class FastCGIProtocol(asyncio.Protocol):
             and now - self.partial_since > config.record_timeout_s
         ):
             logger.warning(
-                "closing connection from %s: record incomplete after %.0f s (--record-timeout)",
+                "closing connection from %s: record incomplete after %g s (--record-timeout)",
                 self.peer,
                 config.record_timeout_s,
             )
