@@ -6,7 +6,11 @@
  * a root_path setting, a path with %-escapes or not UTF-8, no REQUEST_URI, an HTTPS or
  * REQUEST_SCHEME other than the plain forms, an HTTP_PROXY param, a param name not in names
  * (not learnt yet), a value that is not bytes, params that are not a dict.
- * The Python function stays the reference and the same tests run against both.
+ * response_head(status: int, headers, status_lines: dict) -> bytes | None
+ * mirrors fcgi_async.adapters.asgi._response_head_py for a status in 200..999 and headers given
+ * as a list or tuple of (bytes, bytes) pairs holding no CR, LF or NUL; it declines anything
+ * else, for which the reference builds the block or raises its error.
+ * The Python functions stay the reference and the same tests run against both.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -296,8 +300,75 @@ done:
     return result;
 }
 
+static int
+clean(const char *p, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        char c = p[i];
+        if (c == '\r' || c == '\n' || c == '\0')
+            return 0;
+    }
+    return 1;
+}
+
+static PyObject *
+response_head(PyObject *self, PyObject *args)
+{
+    PyObject *status, *headers, *status_lines;
+    if (!PyArg_ParseTuple(args, "OOO!", &status, &headers, &PyDict_Type, &status_lines))
+        return NULL;
+    if (!PyLong_CheckExact(status) || !(PyList_CheckExact(headers) || PyTuple_CheckExact(headers)))
+        Py_RETURN_NONE;
+    int overflow;
+    long code = PyLong_AsLongAndOverflow(status, &overflow);
+    if (code < 200 || code > 999) /* overflow gives -1 */
+        Py_RETURN_NONE;
+    PyObject *line = PyDict_GetItemWithError(status_lines, status);
+    if (line == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_NONE; /* outside 200..999 or unknown: the reference decides */
+    }
+    if (!PyBytes_CheckExact(line))
+        Py_RETURN_NONE;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(headers), size = PyBytes_GET_SIZE(line) + 2;
+    PyObject **items = PySequence_Fast_ITEMS(headers);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *pair = items[i];
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2)
+            Py_RETURN_NONE;
+        PyObject *name = PyTuple_GET_ITEM(pair, 0), *value = PyTuple_GET_ITEM(pair, 1);
+        if (!PyBytes_CheckExact(name) || !PyBytes_CheckExact(value))
+            Py_RETURN_NONE;
+        if (!clean(PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name)) ||
+            !clean(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value)))
+            Py_RETURN_NONE;
+        size += PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(value) + 4;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, size);
+    if (out == NULL)
+        return NULL;
+    char *w = PyBytes_AS_STRING(out);
+    memcpy(w, PyBytes_AS_STRING(line), PyBytes_GET_SIZE(line));
+    w += PyBytes_GET_SIZE(line);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *name = PyTuple_GET_ITEM(items[i], 0), *value = PyTuple_GET_ITEM(items[i], 1);
+        memcpy(w, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name));
+        w += PyBytes_GET_SIZE(name);
+        memcpy(w, ": ", 2);
+        w += 2;
+        memcpy(w, PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value));
+        w += PyBytes_GET_SIZE(value);
+        memcpy(w, "\r\n", 2);
+        w += 2;
+    }
+    memcpy(w, "\r\n", 2);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"http_scope", http_scope, METH_VARARGS, "The http scope of a common request, or None."},
+    {"response_head", response_head, METH_VARARGS, "A CGI header block, or None."},
     {NULL, NULL, 0, NULL},
 };
 

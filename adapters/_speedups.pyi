@@ -8,3 +8,6 @@ def http_scope(
     names: dict[bytes, bytes | None],
     /,
 ) -> dict[str, Any] | None: ...
+def response_head(
+    status: object, headers: object, status_lines: dict[int, bytes], /
+) -> bytes | None: ...

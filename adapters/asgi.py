@@ -229,6 +229,26 @@ def _decline(
     return None
 
 
+def _no_response_head(status: object, headers: object, status_lines: dict[int, bytes]) -> None:
+    """The header-block builder used without the accelerator: the reference builds them all."""
+    return None
+
+
+ResponseHead = Callable[[object, object, dict[int, bytes]], bytes | None]
+
+
+def select_response_head(use_speedups: bool) -> ResponseHead:
+    """Return the C header-block builder when asked for and built, else one that declines."""
+    if use_speedups:
+        try:
+            from . import _speedups
+        except ImportError:
+            pass
+        else:
+            return _speedups.response_head
+    return _no_response_head
+
+
 def select_http_scope(use_speedups: bool) -> HttpScope:
     """Return the C scope builder when asked for and built, else one that always declines."""
     if use_speedups:
@@ -243,6 +263,7 @@ def select_http_scope(use_speedups: bool) -> HttpScope:
 
 #: ``FCGI_ASYNC_NO_SPEEDUPS=1`` leaves every scope to the pure-Python reference.
 _http_scope: HttpScope = select_http_scope(not os.environ.get("FCGI_ASYNC_NO_SPEEDUPS"))
+_c_response_head: ResponseHead = select_response_head(not os.environ.get("FCGI_ASYNC_NO_SPEEDUPS"))
 
 
 def _int_param(value: bytes | None) -> int | None:
@@ -606,7 +627,18 @@ class _Cycle:
 
 
 def _response_head(message: Message) -> bytes:
-    """The CGI header block for an ``http.response.start`` message.
+    """The CGI header block for an ``http.response.start`` message (C when it can).
+
+    Raises:
+        ValueError: the status is not an integer in 200..999, or a header holds CR, LF or NUL.
+        TypeError: a header name or value is not bytes-like.
+    """
+    head = _c_response_head(message["status"], message.get("headers", ()), _STATUS_LINES)
+    return head if head is not None else _response_head_py(message)
+
+
+def _response_head_py(message: Message) -> bytes:
+    """The CGI header block for an ``http.response.start`` message: the reference.
 
     Raises:
         ValueError: the status is not an integer in 200..999, or a header holds CR, LF or NUL.

@@ -198,3 +198,67 @@ async def test_headers_are_right_once_the_name_cache_is_full(
     assert (b"x-full", b"yes") in scope["headers"]
     assert (b"accept", b"*/*") in scope["headers"]
     assert b"HTTP_X_FULL" not in asgi._HEADER_NAMES
+
+
+HEAD_C = asgi.select_response_head(True)
+
+
+def head_check(status: Any, headers: Any) -> object:
+    """C's header block equals the reference's, or C declines; returns C's answer."""
+    built = HEAD_C(status, headers, asgi._STATUS_LINES)
+    if built is not None:
+        message = {"type": "http.response.start", "status": status, "headers": headers}
+        assert built == asgi._response_head_py(message)
+    return built
+
+
+def test_the_c_header_block_builder_is_built() -> None:
+    assert HEAD_C is not asgi._no_response_head
+
+
+@pytest.mark.parametrize(
+    ("status", "headers"),
+    [
+        (200, [(b"content-type", b"text/plain"), (b"content-length", b"13")]),
+        (404, ()),
+        (226, ((b"x", b""),)),
+        (204, [(b"", b"")]),
+    ],
+)
+def test_header_blocks_are_built_alike(status: int, headers: Any) -> None:
+    assert head_check(status, headers) is not None
+
+
+@pytest.mark.parametrize(
+    ("status", "headers"),
+    [
+        (199, []),
+        (1000, []),
+        (2**70, []),
+        (True, []),
+        ("200", []),
+        (599, []),  # no reason phrase known: the reference writes "Unknown"
+        (200, iter([(b"a", b"b")])),
+        (200, [[b"a", b"b"]]),
+        (200, [(b"a", "text")]),
+        (200, [(b"a", b"b", b"c")]),
+        (200, [(b"a", bytearray(b"b"))]),
+        (200, [(b"a\r\nb", b"c")]),
+        (200, [(b"a", b"c\n")]),
+        (200, [(b"a", b"\0")]),
+    ],
+)
+def test_unusual_header_blocks_are_declined(status: Any, headers: Any) -> None:
+    assert HEAD_C(status, headers, asgi._STATUS_LINES) is None
+
+
+@given(
+    status=st.integers(150, 1050),
+    headers=st.lists(st.tuples(st.binary(max_size=6), st.binary(max_size=6)), max_size=5),
+    as_tuple=st.booleans(),
+)
+@settings(max_examples=300, deadline=None)
+def test_header_blocks_match_python(
+    status: int, headers: list[tuple[bytes, bytes]], as_tuple: bool
+) -> None:
+    head_check(status, tuple(headers) if as_tuple else headers)
