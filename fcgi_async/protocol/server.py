@@ -216,6 +216,8 @@ class ServerConnection:
         if pending is not None:
             self._pending = None
             return pending
+        if not self._buf:
+            return NEED_DATA
         try:
             while True:
                 buf = self._buf

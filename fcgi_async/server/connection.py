@@ -273,7 +273,9 @@ class RequestHandle:
 
     async def end(self, stdout: bytes = b"", app_status: int = 0) -> None:
         """Send the last bytes, close the streams and END_REQUEST in one write."""
-        proto = self._check_writable()
+        if self.done or self.disconnected:
+            raise ClientDisconnected(f"request {self.request_id} from {self.peer} went away")
+        proto = self._proto
         if proto.write_paused:
             proto = await self._writable()
         if stdout:
