@@ -107,6 +107,10 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 #: pathsend reads the file in blocks this large: big enough that a thread hop per block is
 #: cheap next to the copy, small enough to respect flow control (the core splits records).
 PATHSEND_BLOCK_SIZE: Final = 256 * 1024
+#: A first body chunk shorter than this leaves with the header block in one buffer (one write);
+#: a longer one follows it instead of being copied behind it (1 MiB copied per response costs
+#: more than a second write).
+COPY_HEAD_BELOW: Final = 64 * 1024
 #: Header-name translations learnt from the wire are cached up to this many entries. Names
 #: are chosen by clients, so the cache must be bounded; real traffic uses a few dozen.
 MAX_CACHED_HEADER_NAMES: Final = 1024
@@ -568,13 +572,17 @@ class _Cycle:
             more = message.get("more_body", False)
             if state == _STARTED:
                 head, self._head = self._head, b""
+                if len(body) >= COPY_HEAD_BELOW:  # a large body is not copied behind the head
+                    self.state = _STREAMING
+                    await request.send_stdout(head)
+                    head = b""
                 if more:
                     self.state = _STREAMING
-                    await request.send_stdout(head + body)
+                    await request.send_stdout(head + body if head else body)
                 else:
                     self.state = _DONE
                     self.complete()
-                    await request.end(head + body)
+                    await request.end(head + body if head else body)
             elif state == _STREAMING:
                 if more:
                     if body:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from fcgi_async.adapters.asgi import (
+    COPY_HEAD_BELOW,
     PATHSEND_BLOCK_SIZE,
     ASGIAdapter,
     LifespanFailure,
@@ -604,6 +605,24 @@ async def test_simple_response_is_one_write() -> None:
     assert req.output == (
         b"Status: 201 Created\r\ncontent-type: text/plain\r\nx-a: 1\r\nx-a: 2\r\n\r\ncreated"
     )
+
+
+@pytest.mark.parametrize("more", [False, True])
+async def test_a_large_first_body_follows_the_head_uncopied(more: bool) -> None:
+    body = b"x" * COPY_HEAD_BELOW
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body, "more_body": more})
+        if more:
+            await send({"type": "http.response.body", "body": b"!"})
+
+    req = FakeRequest()
+    await ASGIAdapter(app, lifespan="off")(req)
+    assert req.stdout[0] == b"Status: 200 OK\r\n\r\n"
+    assert req.stdout[1] is body  # handed on as it is, not copied
+    assert req.output == b"Status: 200 OK\r\n\r\n" + body + (b"!" if more else b"")
+    assert req.ended
 
 
 async def test_headers_only_response_is_one_write() -> None:
