@@ -5,10 +5,11 @@ FastCGIProtocol with a fake transport, one request at a time, and reports µs pe
 It isolates our code from the load generator and the web server, so A/B comparisons of a
 change are meaningful even on a busy machine (run each side a few times, compare medians).
 
-    .venv/bin/python benchmarks/micro.py raw|asgi|wsgi [N] [prof]
+    .venv/bin/python benchmarks/micro.py raw|asgi|wsgi|starlette [N] [prof]
 
 ``raw`` is an Application answering directly (codec + server glue only); ``asgi``/``wsgi``
-add the adapters with a hello app. ``prof`` prints the top of a cProfile run.
+add the adapters with a hello app; ``starlette`` serves ``apps/starlette_app.py`` (the
+yardstick is ``micro_uvicorn.py starlette``). ``prof`` prints the top of a cProfile run.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import cProfile
 import pstats
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from fcgi_async.config import Config
@@ -31,9 +33,9 @@ PARAMS = {
     b"REQUEST_METHOD": b"GET",
     b"CONTENT_TYPE": b"",
     b"CONTENT_LENGTH": b"",
-    b"SCRIPT_NAME": b"/",
-    b"REQUEST_URI": b"/",
-    b"DOCUMENT_URI": b"/",
+    b"SCRIPT_NAME": b"/hello",
+    b"REQUEST_URI": b"/hello",
+    b"DOCUMENT_URI": b"/hello",
     b"DOCUMENT_ROOT": b"/usr/share/nginx/html",
     b"SERVER_PROTOCOL": b"HTTP/1.1",
     b"REQUEST_SCHEME": b"http",
@@ -119,6 +121,13 @@ def make_app(kind: str) -> Application:
         from fcgi_async.adapters.asgi import ASGIAdapter
 
         return ASGIAdapter(asgi_hello, lifespan="off")
+    if kind == "starlette":
+        from fcgi_async.adapters.asgi import ASGIAdapter
+
+        sys.path.insert(0, str(Path(__file__).parent / "apps"))
+        from starlette_app import app as starlette_app
+
+        return ASGIAdapter(starlette_app, lifespan="off")
     if kind == "wsgi":
         from fcgi_async.adapters.wsgi import WSGIAdapter
 
