@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/run.py                 # full run (about 20 minutes)
     .venv/bin/python benchmarks/run.py --quick         # 1 run x 2 s: a look, not a result
     .venv/bin/python benchmarks/run.py --list          # stacks, scenarios, what is available
+    .venv/bin/python benchmarks/run.py --readme README.md   # also rewrite the README's results
 
 Every stack is nginx (one worker process) in front of one server, on 127.0.0.1 and unix sockets
 in a temporary directory; wrk drives it through nginx. Stacks are measured in turn (A B C, A B C
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shlex
 import shutil
 import signal
@@ -41,7 +43,7 @@ from harness.load import (
     verify,
 )
 from harness.procs import ProcessSet, StartError, raise_nofile_limit, rss_kib
-from harness.report import chart, markdown, summarize, targets
+from harness.report import chart, markdown, readme_section, splice_readme, summarize, targets
 from harness.stacks import (
     STACKS,
     STACKS_BY_NAME,
@@ -165,6 +167,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="measure nothing: rewrite results.md and results.png in --out from a "
         "results.json written earlier",
     )
+    p.add_argument(
+        "--readme",
+        type=Path,
+        metavar="FILE",
+        help="also rewrite the results section of FILE (the project's README.md) from this run "
+        "(or from --render's JSON); the section lies between two marker comments",
+    )
     args = p.parse_args(argv)
     args.duration = args.duration or (2.0 if args.quick else 5.0)
     args.runs = args.runs or (1 if args.quick else 3)
@@ -220,7 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         return _list(help_text)
     if args.render is not None:
-        _write(json.loads(args.render.read_text()), args.out)
+        saved = json.loads(args.render.read_text())
+        # Medians, ratios and targets are derived from the raw runs: derive them anew, so a
+        # change to the report applies to results measured before it.
+        saved["summary"] = summarize(saved)
+        saved["targets"] = targets(saved, saved["summary"])
+        _write(saved, args.out, args.readme)
         return 0
     if not Path(WRK).exists():
         print(f"wrk not found ({WRK}); apt-get install wrk", file=sys.stderr)
@@ -245,13 +259,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"temporary directory kept: {tmp}", file=sys.stderr)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-    _write(results, args.out)
+    _write(results, args.out, args.readme)
     print(markdown(results))
     return 0
 
 
-def _write(results: dict[str, Any], out: Path) -> None:
-    """results.json first (a chart failure must not lose the data), then the PNG and the MD."""
+def _write(results: dict[str, Any], out: Path, readme: Path | None = None) -> None:
+    """results.json first (a chart failure must not lose the data), then the PNG and the MD.
+
+    With ``readme``, that file's results section is rewritten from the same results.
+    """
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     why_no_chart = chart(results, out / "results.png")
@@ -264,6 +281,10 @@ def _write(results: dict[str, Any], out: Path) -> None:
         f"wrote {out / 'results.json'}, results.md" + ("" if why_no_chart else ", results.png"),
         file=sys.stderr,
     )
+    if readme is not None:
+        png = os.path.relpath(out.resolve() / "results.png", readme.resolve().parent)
+        readme.write_text(splice_readme(readme.read_text(), readme_section(results, png)))
+        print(f"rewrote the results section of {readme}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace, help_text: str, procs: ProcessSet, tmp: Path) -> dict[str, Any]:

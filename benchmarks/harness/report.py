@@ -121,12 +121,31 @@ def _best(summary: dict[str, Any], scenario: str, server: str) -> str | None:
     return max(cands)[1] if cands else None
 
 
+def _overlap(summary: dict[str, Any], scenario: str, a: str, b: str) -> bool | None:
+    """Whether the min-max req/s ranges of two stacks overlap (the difference is noise)."""
+    rows = summary.get(scenario, {})
+    ra, rb = rows.get(a), rows.get(b)
+    if not ra or not rb or not ra.get("available") or not rb.get("available"):
+        return None
+    return bool(ra["rps_min"] <= rb["rps_max"] and rb["rps_min"] <= ra["rps_max"])
+
+
 def targets(results: dict[str, Any], summary: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's targets, each with the ratio measured in this run (None when not measured)."""
     out: list[dict[str, Any]] = []
 
-    def add(what: str, goal: str, value: float | None, met: bool | None, detail: str) -> None:
-        out.append({"target": what, "goal": goal, "measured": value, "met": met, "detail": detail})
+    def add(
+        what: str,
+        goal: str,
+        value: float | None,
+        met: bool | None,
+        detail: str,
+        pair: tuple[str, str, str | None] | None = None,
+    ) -> None:
+        target = {"target": what, "goal": goal, "measured": value, "met": met, "detail": detail}
+        if pair is not None and pair[2] is not None:
+            target["within_noise"] = _overlap(summary, *pair)  # type: ignore[arg-type]
+        out.append(target)
 
     asgi, wsgi = REFERENCES
     best_php = _best(summary, "hello-32", "php-fpm")
@@ -137,6 +156,7 @@ def targets(results: dict[str, Any], summary: dict[str, Any]) -> list[dict[str, 
         r,
         None if r is None else r >= 1.0,
         "hello-32, req/s",
+        ("hello-32", asgi, "uvicorn"),
     )
     r = _paired(results, "hello-32", asgi, best_php) if best_php else None
     add(
@@ -145,6 +165,7 @@ def targets(results: dict[str, Any], summary: dict[str, Any]) -> list[dict[str, 
         r,
         None if r is None else r >= 2.0,
         f"hello-32, best php-fpm = {best_php}",
+        ("hello-32", asgi, best_php),
     )
     r = _paired(results, "hello-32", wsgi, best_php) if best_php else None
     add(
@@ -153,6 +174,7 @@ def targets(results: dict[str, Any], summary: dict[str, Any]) -> list[dict[str, 
         r,
         None if r is None else r >= 1.0,
         f"hello-32, best php-fpm = {best_php}",
+        ("hello-32", wsgi, best_php),
     )
     r = _paired(results, "flask-hello", wsgi, "uvicorn-wsgi")
     add(
@@ -161,6 +183,7 @@ def targets(results: dict[str, Any], summary: dict[str, Any]) -> list[dict[str, 
         r,
         None if r is None else r > 1.0,
         "flask-hello, req/s",
+        ("flask-hello", wsgi, "uvicorn-wsgi"),
     )
     r = _paired(results, "starlette-hello", asgi, "uvicorn")
     add(
@@ -169,6 +192,7 @@ def targets(results: dict[str, Any], summary: dict[str, Any]) -> list[dict[str, 
         r,
         None if r is None else r > 1.0,
         "starlette-hello, req/s",
+        ("starlette-hello", asgi, "uvicorn"),
     )
     r = _paired(results, "hello-256", asgi, "uvicorn", key="p99")
     add(
@@ -317,6 +341,8 @@ def markdown(results: dict[str, Any]) -> str:
         ]
         for t in results["targets"]:
             met = "—" if t["met"] is None else ("yes" if t["met"] else "no")
+            if t.get("within_noise"):
+                met += " (within noise: the min-max ranges overlap)"
             val = t["measured"]
             shown = (
                 "not measured"
@@ -431,3 +457,145 @@ def chart(results: dict[str, Any], path: Path) -> str | None:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return None
+
+
+# --- README section ------------------------------------------------------------------------------
+
+#: The README's performance section lies between these lines; ``run.py --readme`` rewrites it.
+README_BEGIN = "<!-- benchmark results: written by benchmarks/run.py --readme; do not edit -->"
+README_END = "<!-- end of benchmark results -->"
+#: The stacks of the README's summary table (the full set is in results.md).
+README_STACKS = (
+    "fcgi-async-asgi-1w",
+    "fcgi-async-wsgi-1w",
+    "fcgi-async-asgi-2w",
+    "uvicorn",
+    "uvicorn-wsgi",
+    "php-fpm-1",
+    "php-fpm-2",
+    "nginx",
+)
+#: The stacks whose run-to-run spread the noise sentence quotes.
+_NOISE_STACKS = ("fcgi-async-asgi-1w", "fcgi-async-wsgi-1w", "uvicorn", "uvicorn-wsgi")
+
+
+def _spread(summary: dict[str, Any]) -> tuple[float, str, str] | None:
+    """The widest (max - min) / median among the noise stacks: (fraction, scenario, stack)."""
+    widest: tuple[float, str, str] | None = None
+    for scenario, rows in summary.items():
+        for stack in _NOISE_STACKS:
+            row = rows.get(stack)
+            if not row or not row.get("available") or row["runs"] < 2 or not row["rps_median"]:
+                continue
+            spread = (row["rps_max"] - row["rps_min"]) / row["rps_median"]
+            if widest is None or spread > widest[0]:
+                widest = (spread, scenario, stack)
+    return widest
+
+
+def readme_section(results: dict[str, Any], chart_path: str) -> str:
+    """The README's performance section (between README_BEGIN and README_END), from a run.
+
+    Every number in it comes from ``results``; ``chart_path`` is the PNG's path relative to
+    the README.
+    """
+    meta = results["meta"]
+    host = meta["host"]
+    s = meta["settings"]
+    summary = results["summary"]
+    scenarios = [sc for sc in results["scenarios"] if sc in summary]
+    stacks = [st for st in README_STACKS if any(st in summary[sc] for sc in scenarios)]
+    loads = sorted(r["loadavg"][0] for r in results["runs"] if r.get("loadavg"))
+    lines = [
+        README_BEGIN,
+        "",
+        f"Measured by `{meta['command']}` on {meta['date_start'][:10]}: {host['cpu_count']} CPUs "
+        f"({host['cpu_model']}), {host['mem_total_mib']} MiB, Linux {host['kernel']}, "
+        f"fcgi-async commit `{meta['git']['commit'][:10]}`. Every stack runs behind its own "
+        f"nginx (1 worker process) on loopback and is driven by wrk "
+        f"(-t{s['wrk_threads']}); the stacks take turns, {s['runs']} runs of "
+        f"{s['duration_s']:g} s each, and each figure is the median. Requests per second "
+        "(only 2xx/3xx answers count):",
+        "",
+        "| stack | " + " | ".join(scenarios) + " |",
+        "|---|" + "---:|" * len(scenarios),
+    ]
+    for stack in stacks:
+        cells = []
+        for sc in scenarios:
+            row = summary[sc].get(stack)
+            if not row or not row.get("available"):
+                cells.append("—")
+                continue
+            cell = _fmt_rps(row["rps_median"])
+            if row.get("starved"):
+                cell += " (starved)"
+            elif row["errors"]:
+                cell += " (errors)"
+            cells.append(cell)
+        lines.append(f"| {stack} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "The performance targets. Each is a ratio of two stacks measured in the same cycle, "
+        "the median of the per-cycle ratios: on a noisy run it can differ from the ratio of the "
+        "two medians above. *Within noise* means the two stacks' min-max ranges overlap.",
+        "",
+        "| target | goal | measured | met |",
+        "|---|---|---:|---|",
+    ]
+    for t in results.get("targets", []):
+        met = "—" if t["met"] is None else ("yes" if t["met"] else "**no**")
+        if t.get("within_noise"):
+            met += " (within noise)"
+        val = t["measured"]
+        shown = (
+            "not measured"
+            if val is None
+            else (f"{val:.1f} MiB" if "RSS" in t["target"] else f"{val:.2f}x")
+        )
+        lines.append(f"| {t['target']} | {t['goal']} | {shown} | {met} |")
+    mem = results.get("memory", {})
+    php = mem.get("php-fpm-1", {})
+    if php.get("idle_mib") is not None:
+        lines += [
+            "",
+            f"A php-fpm child uses {php['idle_mib']:.1f} MiB but serves one connection at a time.",
+        ]
+    lines += ["", f"![benchmark chart]({chart_path})", ""]
+    widest = _spread(summary)
+    noise = (
+        "Noise: wrk, nginx and the server share the 2 CPUs, and the 1-minute load average "
+        f"during the measurements was {loads[0]}-{loads[-1]} (median "
+        f"{statistics.median(loads):.2f}, of which about 2-3 is the benchmark itself)."
+        if loads
+        else "Noise: the load average was not recorded."
+    )
+    if widest is not None:
+        noise += (
+            f" Runs of the same stack spread by up to {widest[0]:.0%} ({widest[2]}, "
+            f"{widest[1]}): a difference smaller than the min-max spread in "
+            "`benchmarks/results/results.md` is not a result."
+        )
+    lines += [
+        noise,
+        "",
+        "Every run, with wrk's own output, is in `benchmarks/results/results.json`; the full "
+        "tables (latency, errors, the other FastCGI servers, memory) are in "
+        "`benchmarks/results/results.md`, and `benchmarks/README.md` says how to run it.",
+        "",
+        README_END,
+    ]
+    return "\n".join(lines)
+
+
+def splice_readme(text: str, section: str) -> str:
+    """``text`` with the part between README_BEGIN and README_END replaced by ``section``.
+
+    Raises:
+        ValueError: the markers are missing or out of order.
+    """
+    start = text.find(README_BEGIN)
+    end = text.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"the README has no {README_BEGIN!r} ... {README_END!r} block")
+    return text[:start] + section + text[end + len(README_END) :]
