@@ -37,7 +37,7 @@ async def test_async_transport_builds_web_server_params() -> None:
             address,
             document_root="/srv/www",
             remote_addr="192.0.2.1",
-            params={"APP_ENV": "test", "SERVER_SOFTWARE": None},
+            params={"APP_ENV": "test", "SERVER_SOFTWARE": None, "SERVER_NAME": "override.test"},
         )
         async with httpx.AsyncClient(transport=transport, base_url="https://site.test") as http:
             response = await http.post(
@@ -52,7 +52,9 @@ async def test_async_transport_builds_web_server_params() -> None:
                     ("X_Under", "dropped"),
                     ("Content-Type", "text/plain"),
                 ],
-                extensions={"fastcgi_params": {"PER_REQUEST": "yes"}},
+                extensions={
+                    "fastcgi_params": {"PER_REQUEST": "yes", "SCRIPT_FILENAME": "/srv/other.php"}
+                },
             )
     assert response.status_code == 200
     assert response.reason_phrase == "OK"
@@ -60,7 +62,8 @@ async def test_async_transport_builds_web_server_params() -> None:
     assert p["REQUEST_METHOD"] == "POST"
     assert p["SCRIPT_NAME"] == "/app/index.php"
     assert p["PATH_INFO"] == "/users/é"
-    assert p["SCRIPT_FILENAME"] == "/srv/www/app/index.php"
+    # A per-request param replaces the one the transport built; a transport param too.
+    assert p["SCRIPT_FILENAME"] == "/srv/other.php"
     assert p["DOCUMENT_ROOT"] == "/srv/www"
     assert p["DOCUMENT_URI"] == "/app/index.php/users/é"
     assert p["REQUEST_URI"] == "/app/index.php/users/%C3%A9?page=2"
@@ -68,7 +71,7 @@ async def test_async_transport_builds_web_server_params() -> None:
     assert p["HTTPS"] == "on"
     assert p["REQUEST_SCHEME"] == "https"
     assert p["SERVER_PORT"] == "443"
-    assert p["SERVER_NAME"] == "site.test"
+    assert p["SERVER_NAME"] == "override.test"
     assert p["REMOTE_ADDR"] == "192.0.2.1"
     assert p["CONTENT_TYPE"] == "text/plain"
     assert p["CONTENT_LENGTH"] == "7"

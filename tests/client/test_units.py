@@ -108,7 +108,11 @@ def test_build_params_without_root_and_split() -> None:
     assert params["SCRIPT_NAME"] == params["SCRIPT_FILENAME"] == b"/ping"
     assert "DOCUMENT_ROOT" not in params
     assert params["SERVER_PORT"] == b"80"
+    assert params["SERVER_ADDR"] == b"127.0.0.1"
+    assert params["SERVER_SOFTWARE"].startswith(b"fcgi-async/")
     assert "HTTPS" not in params
+    placed = build_params("GET", "/", server_addr="192.0.2.7", server_port=8080)
+    assert (placed["SERVER_ADDR"], placed["SERVER_PORT"]) == (b"192.0.2.7", b"8080")
     nosplit = build_params("GET", "/a.php/b", split_path_info=None, document_root="/r/")
     assert nosplit["SCRIPT_FILENAME"] == b"/r/a.php/b"
     assert "PATH_INFO" not in nosplit
