@@ -8,6 +8,7 @@ waits for readiness by polling ``connect()`` with a deadline, and stops it with 
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import socket
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from fcgi_async import __version__
-from fcgi_async.cli import config_from_args, main, parse_args
+from fcgi_async.cli import build_parser, config_from_args, main, parse_args
 from fcgi_async.importer import AppLoadError
 from fcgi_async.protocol import (
     NEED_DATA,
@@ -125,7 +126,9 @@ def wait_ready(proc: subprocess.Popen[str], address: str | tuple[str, int]) -> N
         time.sleep(0.02)
 
 
-def fcgi_request(address: str | tuple[str, int], body: bytes = b"") -> bytes:
+def fcgi_request(
+    address: str | tuple[str, int], body: bytes = b"", params: dict[bytes, bytes] | None = None
+) -> bytes:
     """One FastCGI request over a blocking socket; return the response body."""
     family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
     client = ClientConnection()
@@ -133,7 +136,7 @@ def fcgi_request(address: str | tuple[str, int], body: bytes = b"") -> bytes:
         s.settimeout(10)
         s.connect(address)
         frames: list[bytes | memoryview] = [client.begin_request(1, keep_conn=False)]
-        frames += client.send_params(1, {b"REQUEST_METHOD": b"POST"})
+        frames += client.send_params(1, {b"REQUEST_METHOD": b"POST", **(params or {})})
         frames += [*client.send_stdin(1, body), client.end_stdin(1)]
         s.sendall(b"".join(bytes(f) for f in frames))
         stdout = b""
@@ -267,6 +270,44 @@ def test_flags_override_environment_over_defaults() -> None:
     assert config_from_args(parse_args(["app:app", "--no-multiplex"], {})).multiplex is False
     env_no_mpx = config_from_args(parse_args(["app:app"], {"FCGI_ASYNC_NO_MULTIPLEX": "yes"}))
     assert env_no_mpx.multiplex is False
+
+
+def _sample(action: argparse.Action) -> tuple[str, list[str]]:
+    """A valid non-default value for an option: (its environment form, its flag form)."""
+    flag = action.option_strings[-1] if action.option_strings[-1].startswith("--") else None
+    flag = flag or next(o for o in action.option_strings if o.startswith("--"))
+    if action.nargs == 0:
+        return "yes", [flag]
+    if action.choices is not None:
+        choice = next(c for c in reversed(list(action.choices)) if c != action.default)
+        return str(choice), [flag, str(choice)]
+    raw = {
+        "bind": "127.0.0.1:9123",
+        "socket_mode": "640",
+        "allowed_clients": "127.0.0.1,::1",
+        "roles": "responder",
+    }.get(action.dest)
+    if raw is None:
+        raw = {int: "7", float: "2.5"}.get(action.type, f"/value/of/{action.dest}")  # type: ignore[call-overload]
+    return raw, [flag, raw]
+
+
+# --config needs a real file (read while parsing): tests/ops/test_config.py sets it both ways.
+_ENV_ACTIONS = [
+    a
+    for a in build_parser()._actions
+    if a.dest not in ("help", "version", "app", "check_config", "config")
+]
+
+
+@pytest.mark.parametrize("action", _ENV_ACTIONS, ids=[a.dest for a in _ENV_ACTIONS])
+def test_every_option_is_also_an_environment_variable(action: argparse.Action) -> None:
+    raw, flag = _sample(action)
+    variable = "FCGI_ASYNC_" + action.dest.upper()
+    from_env = getattr(parse_args(["app:app"], {variable: raw}), action.dest)
+    from_flag = getattr(parse_args(["app:app", *flag], {}), action.dest)
+    assert from_env == from_flag, variable
+    assert from_env != getattr(parse_args(["app:app"], {}), action.dest), variable
 
 
 def test_allowed_clients_from_flag_env_or_fcgi_web_server_addrs() -> None:
@@ -481,3 +522,92 @@ def test_loop_auto_is_uvloop_when_installed_else_asyncio(monkeypatch: pytest.Mon
     assert loop_factory("asyncio") is None
     with pytest.raises(AppLoadError, match="uvloop is not installed"):
         loop_factory("uvloop")
+
+
+ASGI_AND_WSGI_APPS = textwrap.dedent(
+    """
+    def _answer(text):
+        return text.encode()
+
+
+    async def asgi(scope, receive, send):
+        if scope["type"] == "lifespan":
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.failed", "message": "database is down"})
+            return
+        body = _answer(f"asgi root={scope['root_path']} path={scope['path']}")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+
+    def wsgi(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [_answer(f"wsgi script={environ['SCRIPT_NAME']} info={environ['PATH_INFO']}")]
+
+
+    def create_asgi():
+        return asgi
+
+
+    def create_wsgi():
+        return wsgi
+    """
+)
+APP_PARAMS = {b"REQUEST_METHOD": b"GET", b"REQUEST_URI": b"/app/items/1"}
+
+
+@pytest.mark.parametrize(
+    ("args", "answer"),
+    [
+        (["both:asgi", "--lifespan", "off"], b"asgi root= path=/app/items/1"),
+        (["both:wsgi"], b"wsgi script= info=/app/items/1"),
+        (["both:create_asgi", "--factory", "--lifespan", "off"], b"asgi root= path=/app/items/1"),
+        (["both:create_wsgi", "--factory"], b"wsgi script= info=/app/items/1"),
+        (
+            ["both:asgi", "--lifespan", "off", "--root-path", "/app"],
+            b"asgi root=/app path=/app/items/1",
+        ),
+        (["both:wsgi", "--root-path", "/app"], b"wsgi script=/app info=/items/1"),
+    ],
+    ids=[
+        "auto-asgi",
+        "auto-wsgi",
+        "factory-asgi",
+        "factory-wsgi",
+        "root-path-asgi",
+        "root-path-wsgi",
+    ],
+)
+def test_interface_detection_factory_and_root_path(
+    tmp_path: Path, launch: list[subprocess.Popen[str]], args: list[str], answer: bytes
+) -> None:
+    """--interface auto tells ASGI from WSGI, --factory calls the attribute, --root-path mounts."""
+    (tmp_path / "both.py").write_text(ASGI_AND_WSGI_APPS)
+    port = free_port()
+    proc = start(launch, *args, "--app-dir", str(tmp_path), "--bind", f"127.0.0.1:{port}")
+    wait_ready(proc, ("127.0.0.1", port))
+    assert fcgi_request(("127.0.0.1", port), params=APP_PARAMS) == answer
+    code, err = stop(proc)
+    assert code == 0, err
+
+
+def test_forced_interface_and_lifespan_modes(
+    tmp_path: Path, launch: list[subprocess.Popen[str]]
+) -> None:
+    (tmp_path / "both.py").write_text(ASGI_AND_WSGI_APPS)
+    app_dir = ["--app-dir", str(tmp_path)]
+    # The app reports lifespan.startup.failed: auto and on both stop with its message.
+    for mode in ("auto", "on"):
+        bind = ["--bind", f"127.0.0.1:{free_port()}"]
+        failed = run_cli("both:asgi", *app_dir, "--lifespan", mode, *bind)
+        _assert_one_line_error(failed, "ASGI lifespan startup failed: database is down")
+    # Forced to ASGI with lifespan off, the same app serves: its failing startup never runs.
+    port = free_port()
+    proc = start(
+        launch, "both:asgi", *app_dir, "--interface", "asgi", "--lifespan", "off",
+        "--bind", f"127.0.0.1:{port}",
+    )  # fmt: skip
+    wait_ready(proc, ("127.0.0.1", port))
+    assert fcgi_request(("127.0.0.1", port), params=APP_PARAMS).startswith(b"asgi ")
+    assert stop(proc)[0] == 0
