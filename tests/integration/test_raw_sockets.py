@@ -242,6 +242,27 @@ async def test_get_values_over_a_socket(servers: Servers, peers: list[Peer]) -> 
     ]
 
 
+async def test_tcp_connections_have_nodelay_and_unix_ones_are_served(
+    servers: Servers, peers: list[Peer], short_tmp: Path
+) -> None:
+    """TCP_NODELAY on every accepted TCP connection: a response's single write must not wait
+    for the peer's delayed ACK (Nagle), which costs up to 40 ms per request."""
+    server = await servers.start(
+        App(echo), bind=("127.0.0.1:0", "[::1]:0", f"unix:{short_tmp / 'n.sock'}")
+    )
+    for index in range(3):
+        peer = await connect(server, peers, index)
+        assert (await peer.request({b"TAG": b"%d" % index})).body == b"%d:" % index
+    by_family: dict[int, int] = {}
+    for proto in server.state.connections:
+        sock = proto.transport.get_extra_info("socket")
+        if sock.family == socket.AF_UNIX:
+            by_family[sock.family] = -1
+        else:
+            by_family[sock.family] = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    assert by_family == {socket.AF_INET: 1, socket.AF_INET6: 1, socket.AF_UNIX: -1}
+
+
 async def test_unknown_management_type_gets_unknown_type(
     servers: Servers, peers: list[Peer]
 ) -> None:

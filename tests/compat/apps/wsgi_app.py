@@ -7,6 +7,8 @@ directory where ``/stream`` waits for its gate file to appear.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import hashlib
 import json
 import os
@@ -23,6 +25,22 @@ MAX_WAIT_S = 20.0
 PATTERN = bytes(range(256)) * (CHUNK // 256)
 
 StartResponse = Callable[..., Any]
+
+
+def _server_tasks() -> int:
+    """The asyncio tasks of the server's event loop, counted from this app thread.
+
+    A WSGI app runs in a worker thread and has no loop of its own; the server's running loop
+    is found among the live objects (a leak check only, called twice per test).
+    """
+    loops = [
+        obj
+        for obj in gc.get_objects()
+        if isinstance(obj, asyncio.AbstractEventLoop) and obj.is_running()
+    ]
+    assert len(loops) == 1, loops
+    return len(asyncio.all_tasks(loops[0]))
+
 
 _lock = threading.Lock()
 _inflight = 0
@@ -189,6 +207,6 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byte
             inflight = _inflight
         return _json(
             start_response,
-            {"threads": threading.active_count(), "tasks": None, "inflight": inflight},
+            {"threads": threading.active_count(), "tasks": _server_tasks(), "inflight": inflight},
         )
     return _text(start_response, "404 Not Found", b"not found\n")
