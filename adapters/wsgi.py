@@ -68,6 +68,11 @@ FILE_BLOCK_SIZE: Final = 64 * 1024
 #: hold a second copy of a big response.
 MAX_JOINED_BODY: Final = 1024 * 1024
 
+#: A body buffer shorter than this leaves with the header block in one buffer (one write); a
+#: longer one follows the header block instead of being copied behind it: copying 1 MiB into
+#: a fresh buffer costs more than a second write (as in the ASGI adapter).
+COPY_HEAD_BELOW: Final = 64 * 1024
+
 #: The most request body one trip from the worker thread to the loop gathers for ``wsgi.input``
 #: (only reads that ask for at least this much get it all at once).
 MAX_INPUT_PULL: Final = 1024 * 1024
@@ -637,6 +642,12 @@ def _build_head(status: str, headers: list[tuple[str, str]]) -> tuple[bytes, int
         raise ValueError("response status or header is not latin-1") from None
 
 
+async def _send_both(request: Request, first: bytes, second: bytes) -> None:
+    """Send two buffers in turn (one hop from the worker thread instead of two)."""
+    await request.send_stdout(first)
+    await request.send_stdout(second)
+
+
 def _as_bytes(data: object) -> bytes:
     """``data`` as ``bytes``: bytes-like objects are copied, anything else is a TypeError.
 
@@ -720,6 +731,9 @@ class _Call:
             if head is None:
                 raise RuntimeError("the application yielded a body before start_response()")
             self.sent = True
+            if len(data) >= COPY_HEAD_BELOW:  # the head goes first rather than copy the data
+                _from_thread(_send_both, self.request, head, data)
+                return
             data = head + data
         elif not data:
             return
@@ -736,6 +750,9 @@ class _Call:
         if head is None:
             raise RuntimeError("the application returned without calling start_response()")
         self.sent = True
+        if len(body) >= COPY_HEAD_BELOW:  # the head goes first rather than copy the body
+            _from_thread(self.request.send_stdout, head)
+            return body
         return head + body if body else head
 
     def _finish_parts(self, parts: list[bytes]) -> list[bytes]:
@@ -795,7 +812,7 @@ class _Call:
             body = result[0]
             if type(body) is not bytes:
                 body = _as_bytes(body)
-            if len(body) > MAX_JOINED_BODY:
+            if len(body) >= COPY_HEAD_BELOW:  # sent after the head, by the loop: no copy
                 return self._finish_parts([body])
             return self._finish(body)
         if count == 0:

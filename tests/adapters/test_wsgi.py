@@ -17,6 +17,7 @@ from wsgiref.validate import validator
 
 import pytest
 from fcgi_async.adapters.wsgi import (
+    COPY_HEAD_BELOW,
     FILE_BLOCK_SIZE,
     INTERNAL_ERROR_RESPONSE,
     MAX_JOINED_BODY,
@@ -612,6 +613,25 @@ async def test_big_bodies_are_not_copied_into_one_buffer() -> None:
     assert req.parsed()[2] == b"w" + half + b"z"
 
 
+@pytest.mark.parametrize("shape", ["list", "generator", "generator-with-length"])
+async def test_a_large_body_follows_the_head_uncopied(shape: str) -> None:
+    """A body of COPY_HEAD_BELOW bytes or more is never copied behind the header block."""
+    body = b"x" * COPY_HEAD_BELOW
+    headers = [("Content-Length", str(len(body)))] if shape != "generator" else []
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        start_response("200 OK", headers)
+        return [body] if shape == "list" else iter([body])
+
+    req = await serve(app)
+    assert req.stdout[0].endswith(b"\r\n\r\n")  # the header block alone
+    assert req.stdout[1] is body  # handed on as it is
+    assert req.parsed()[2] == body
+    assert req.ended
+    small = await serve(returning([body[:-1]]))
+    assert small.writes == 1  # below the threshold: head and body in one buffer
+
+
 async def test_non_bytes_body_is_a_500(caplog: pytest.LogCaptureFixture) -> None:
     for body in ([5], [b"a", "b"], ["text"], iter([3]), "text", None):
         req = await serve(returning(body))
@@ -844,7 +864,9 @@ async def test_file_wrapper_streams_real_files_in_large_blocks(tmp_path: Any) ->
 
     req = await serve(app)
     assert req.parsed()[2] == data
-    assert [len(c) for c in req.stdout[1:]] == [65536, 65536, 1000]
+    # The header block alone (a 64 KiB block is not copied behind it), then the blocks.
+    assert req.stdout[0].endswith(b"\r\n\r\n")
+    assert [len(c) for c in req.stdout[1:]] == [65536, 65536, 65536, 1000]
     assert files[0].closed
 
 
