@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -146,6 +147,34 @@ async def test_fields_add_up_in_every_format(served: tuple[Server, App]) -> None
     assert app.seen == [f"/page/{i}".encode() for i in range(5)]
 
 
+async def test_listen_queue_counts_connections_not_yet_accepted(
+    served: tuple[Server, App],
+) -> None:
+    server, _ = served
+    status = server.state.status
+    assert status is not None
+    addr = address(server)
+    # Blocking connects from the loop's own thread: the kernel completes them, and the
+    # server cannot accept one until this test awaits again.
+    waiting = [socket.create_connection(addr, timeout=5) for _ in range(3)]
+    try:
+        deadline = time.monotonic() + 2
+        while (fields := parse_text(status.render(set())[1].encode()))["listen queue"] != "3":
+            assert time.monotonic() < deadline, fields
+            time.sleep(0.01)  # noqa: ASYNC251 - on purpose: the loop must not accept yet
+        status.sample()  # what the server's once-a-second ticker does
+    finally:
+        for sock in waiting:
+            sock.close()
+    after = parse_text((await fcgi_request(addr, params_for("/status"))).body)
+    assert after["listen queue"] == "0"  # accepted since
+    assert after["max listen queue"] == "3"
+    doc = json.loads((await fcgi_request(addr, params_for("/status?json"))).body)
+    assert doc["max listen queue"] == 3
+    values = metrics((await fcgi_request(addr, params_for("/status?openmetrics"))).body)
+    assert values["phpfpm_max_listen_queue"] == 3
+
+
 async def test_full_rows(served: tuple[Server, App]) -> None:
     server, _ = served
     addr = address(server)
@@ -158,6 +187,12 @@ async def test_full_rows(served: tuple[Server, App]) -> None:
     assert row["request method"] == "GET"
     assert row["request uri"] == "/status?json&full"
     assert row["content length"] == 0
+    # The process started with the server, the pool too; the running request has lasted
+    # (in µs, as php-fpm counts) at most this test's time so far.
+    assert abs(row["start time"] - time.time()) < 60
+    assert row["start time"] == doc["start time"]
+    assert 0 <= row["start since"] == doc["start since"] < 60
+    assert 0 <= row["request duration"] < 60_000_000
 
     text = (await fcgi_request(addr, params_for("/status?full"))).body.decode()
     block = text.split("************************\n")[1]
