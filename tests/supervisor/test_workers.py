@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -97,6 +98,9 @@ def test_crash_loop_stops_respawning_and_says_why(
     assert server.wait_exit() == 1
     log = server.log
     assert "crash loop: 5 workers died" in log
+    # Each respawn waits twice as long as the one before (from RESPAWN_BACKOFF_BASE_S).
+    delays = re.findall(r"died unexpectedly: .*; respawning in ([0-9.]+) s", log)
+    assert delays == ["0.1", "0.2", "0.4", "0.8"], log
     assert "exit status 3 (startup failed)" in log
     assert "startup refuses: the crash file exists" in log
     assert "no worker left and respawning is stopped: exiting" in log
