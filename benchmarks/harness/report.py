@@ -247,6 +247,17 @@ def _run_load_line(results: dict[str, Any]) -> str:
     )
 
 
+def _target_cells(target: dict[str, Any], no: str, noise: str) -> tuple[str, str]:
+    """(measured, met) cells of a target's row; ``no`` and ``noise`` are how to say those."""
+    met = "—" if target["met"] is None else ("yes" if target["met"] else no)
+    if target.get("within_noise"):
+        met += noise
+    val = target["measured"]
+    if val is None:
+        return "not measured", met
+    return (f"{val:.1f} MiB" if "RSS" in target["target"] else f"{val:.2f}x"), met
+
+
 def markdown(results: dict[str, Any]) -> str:
     meta = results["meta"]
     host = meta["host"]
@@ -340,15 +351,7 @@ def markdown(results: dict[str, Any]) -> str:
             "|---|---|---:|---|---|",
         ]
         for t in results["targets"]:
-            met = "—" if t["met"] is None else ("yes" if t["met"] else "no")
-            if t.get("within_noise"):
-                met += " (within noise: the min-max ranges overlap)"
-            val = t["measured"]
-            shown = (
-                "not measured"
-                if val is None
-                else (f"{val:.1f} MiB" if "RSS" in t["target"] else f"{val:.2f}x")
-            )
+            shown, met = _target_cells(t, "no", " (within noise: the min-max ranges overlap)")
             lines.append(
                 f"| {t['target']} | {t['goal']} | {shown} | {met} | {_cell(t['detail'])} |"
             )
@@ -544,15 +547,7 @@ def readme_section(results: dict[str, Any], chart_path: str) -> str:
         "|---|---|---:|---|",
     ]
     for t in results.get("targets", []):
-        met = "—" if t["met"] is None else ("yes" if t["met"] else "**no**")
-        if t.get("within_noise"):
-            met += " (within noise)"
-        val = t["measured"]
-        shown = (
-            "not measured"
-            if val is None
-            else (f"{val:.1f} MiB" if "RSS" in t["target"] else f"{val:.2f}x")
-        )
+        shown, met = _target_cells(t, "**no**", " (within noise)")
         lines.append(f"| {t['target']} | {t['goal']} | {shown} | {met} |")
     mem = results.get("memory", {})
     php = mem.get("php-fpm-1", {})
