@@ -4,17 +4,18 @@
 #   bash tests/run.sh                 # as root on Debian: installs what is missing, then runs
 #   bash tests/run.sh -k nginx -x     # extra arguments go to pytest
 #
-# Steps: apt packages (nginx, php-fpm, libfcgi-bin, spawn-fcgi, wrk) when missing, a .venv
-# with the project and its test extra, ruff (lint and format), mypy --strict, then pytest (and
-# the protocol and adapter tests again on the pure-Python references of the C accelerators,
-# requiring 100% branch coverage of fcgi_async/protocol/).
-# Needs no stdin. The tests start and stop their own nginx, php-fpm and fcgi-async processes.
+# Steps: apt packages (nginx, php-fpm, libfcgi-bin, spawn-fcgi, wrk, apache2-bin, lighttpd)
+# when missing, a .venv with the project and its test extra, ruff (lint and format), mypy
+# --strict, then pytest (and the protocol and adapter tests again on the pure-Python
+# references of the C accelerators, requiring 100% branch coverage of fcgi_async/protocol/).
+# Needs no stdin. The tests start and stop their own nginx, php-fpm, Apache httpd, lighttpd
+# and fcgi-async processes.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 VENV="$ROOT/.venv"
-APT_PACKAGES=(nginx php8.2-fpm libfcgi-bin spawn-fcgi wrk python3-venv)
+APT_PACKAGES=(nginx php8.2-fpm libfcgi-bin spawn-fcgi wrk python3-venv apache2-bin lighttpd)
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 
@@ -26,6 +27,13 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
     step "apt-get install ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    # The tests start their own nginx, php-fpm, httpd and lighttpd on loopback: keep the
+    # packages' system services from starting (and taking port 80) while they install.
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
     apt-get update </dev/null
     apt-get install -y "${missing[@]}" </dev/null
 fi

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
 
 NGINX = "/usr/sbin/nginx"
@@ -349,3 +350,17 @@ def stack(
             workdir / "nginx", lambda port: compat_nginx_config(port, workdir / "nginx", upstream)
         ) as nginx:
             yield Stack(adapter, server, nginx)
+
+
+def fetch_error_after(url: str) -> tuple[int | None, bytes | None, str]:
+    """GET ``url``; return (status or None, body or None if reading it failed, error)."""
+    with httpx.Client(timeout=30.0) as client:
+        try:
+            with client.stream("GET", url) as response:
+                try:
+                    body = response.read()
+                except httpx.TransportError as exc:
+                    return response.status_code, None, repr(exc)
+                return response.status_code, body, ""
+        except httpx.TransportError as exc:
+            return None, None, repr(exc)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from .conftest import Stack
+from .conftest import Stack, fetch_error_after
 
 pytestmark = pytest.mark.nginx
 
@@ -335,24 +335,10 @@ def test_error_before_start_is_a_500(client: httpx.Client, stack: Stack) -> None
     assert client.get("/hello").status_code == 200
 
 
-def _fetch_error_after(url: str) -> tuple[int | None, bytes | None, str]:
-    """GET ``url``; return (status or None, body or None if reading it failed, error)."""
-    with httpx.Client(timeout=30.0) as client:
-        try:
-            with client.stream("GET", url) as response:
-                try:
-                    body = response.read()
-                except httpx.TransportError as exc:
-                    return response.status_code, None, repr(exc)
-                return response.status_code, body, ""
-        except httpx.TransportError as exc:
-            return None, None, repr(exc)
-
-
 @pytest.mark.parametrize("location", ["/", "/nokeep/"], ids=["keep-conn", "no-keep-conn"])
 @pytest.mark.parametrize("query", ["", "?buffered=1"], ids=["unbuffered", "buffered"])
 def test_error_after_start_fails_visibly(stack: Stack, location: str, query: str) -> None:
-    status, body, error = _fetch_error_after(f"{stack.url}{location}error-after{query}")
+    status, body, error = fetch_error_after(f"{stack.url}{location}error-after{query}")
     print(f"status={status} error={error}")
     # nginx answers 502 (it had not sent headers yet), drops the connection before any
     # response, or cuts the body short: all visible. A clean 200 would be a silent truncation.
