@@ -593,3 +593,28 @@ def test_a_worker_with_a_stuck_thread_is_recycled(tmp_path: Path) -> None:
         assert "died unexpectedly" not in server.log
     finally:
         server.kill()
+
+
+def test_slow_log_file_with_workers(tmp_path: Path) -> None:
+    """--slowlog PATH through the CLI with two workers: each worker writes its own slow
+    requests, with its pid and the stack of the code serving them, to the one file."""
+    (tmp_path / "stuckapp.py").write_text(STUCK_WSGI_APP)
+    slowlog = tmp_path / "slow.log"
+    server = Supervised(
+        tmp_path,
+        *("--workers", "2", "--slowlog-timeout", "0.5", "--slowlog", str(slowlog)),
+        app="stuckapp:app",
+    )
+    try:
+        server.wait_serving(workers=2)
+        status, body = server.get("/stuck?1.5")
+        assert status == 200
+        wait_for(lambda: slowlog.exists() and "stuck_in_blocking_code" in slowlog.read_text())
+        text = slowlog.read_text()
+        assert f"pid {int(body)} request 1 " in text  # the worker that served it
+        assert text.count("in stuck_in_blocking_code") == 1  # once per request
+        assert "/stuck" in text
+        assert server.get("/")[0] == 200  # fast requests are not logged
+        assert slowlog.read_text() == text
+    finally:
+        server.kill()
