@@ -99,6 +99,23 @@ def test_ttin_and_ttou_change_the_worker_count(supervised: Callable[..., Supervi
     assert server.get()[0] == 200
 
 
+def test_ttin_and_ttou_move_pm_max_children_in_dynamic_mode(
+    supervised: Callable[..., Supervised],
+) -> None:
+    server = supervised(
+        *("--pm", "dynamic", "--pm-max-children", "2", "--pm-start", "2"),
+        *("--pm-min-spare", "1", "--pm-max-spare", "2"),
+    )
+    server.wait_serving(workers=2)
+    server.signal(signal.SIGTTOU)
+    wait_for(lambda: "SIGTTOU: pm_max_children now 1" in server.log)
+    wait_for(lambda: len(server.workers()) == 1, what="the excess worker to retire")
+    server.signal(signal.SIGTTIN)
+    wait_for(lambda: "SIGTTIN: pm_max_children now 2" in server.log)
+    assert server.get()[0] == 200
+    assert "died unexpectedly" not in server.log
+
+
 def test_sigusr1_makes_workers_reopen_their_log_files(
     supervised: Callable[..., Supervised], app_dir: Path
 ) -> None:
