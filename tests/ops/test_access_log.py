@@ -260,6 +260,17 @@ async def test_cli_access_and_error_log_files(
         "GET /three 201 4 3",
     ]
     error_log = (tmp / "error.log").read_text()
+    # Every line: time, [pid], level, logger: message (what a 3 a.m. grep relies on).
+    line_shape = re.compile(
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \[(\d+)\] "
+        r"(DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: \S"
+    )
+    lines = error_log.splitlines()
+    assert lines
+    for line in lines:
+        found = line_shape.match(line)
+        assert found is not None, line
+        assert int(found.group(1)) == proc.pid
     assert "INFO fcgi_async.server: listening on unix:" in error_log
     # Each STDERR line once, with its request; no access line in the error log.
     assert error_log.count("app says") == 3
