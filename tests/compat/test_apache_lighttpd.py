@@ -45,10 +45,8 @@ class Front:
     """A web server on 127.0.0.1:``port`` with the app mounted at /app."""
 
     kind: str
-    adapter: str
     port: int
     server: FcgiServer
-    error_log: Path
 
     @property
     def url(self) -> str:
@@ -105,11 +103,23 @@ fastcgi.server = ("/app" => ((
 """
 
 
-FRONTS: dict[str, tuple[str, Callable[..., str], bool, list[str]]]
+@dataclass(frozen=True)
+class FrontKind:
+    """How to run one web server: its binary, config, and how it reaches the app."""
+
+    binary: str
+    config: Callable[..., str]
+    tcp: bool  # the app listens on loopback TCP instead of a unix socket
+    flags: tuple[str, ...]  # fcgi-async's extra flags behind this server
+    check: tuple[str, ...]  # arguments that test the config (before -f CONF)
+    foreground: tuple[str, ...]  # arguments that run it in the foreground
+
+
 FRONTS = {
-    # kind: (binary, config writer, app over TCP, fcgi-async's extra flags)
-    "apache": (APACHE, _apache_config, True, ["--root-path", "/app"]),
-    "lighttpd": (LIGHTTPD, _lighttpd_config, False, []),
+    "apache": FrontKind(
+        APACHE, _apache_config, True, ("--root-path", "/app"), ("-t",), ("-DFOREGROUND",)
+    ),
+    "lighttpd": FrontKind(LIGHTTPD, _lighttpd_config, False, (), ("-tt",), ("-D",)),
 }
 
 
@@ -129,24 +139,23 @@ def _run_front(
 
     ``options`` go to the config writer (lighttpd's ``stream``).
     """
-    binary, config_for, _, _ = FRONTS[kind]
+    front = FRONTS[kind]
     prefix.mkdir(parents=True, exist_ok=True)
     port = free_port()
     conf = prefix / f"{kind}.conf"
-    conf.write_text(config_for(prefix, port, backend, **options))
+    conf.write_text(front.config(prefix, port, backend, **options))
     log = prefix / f"{kind}.stderr"
-    if kind == "apache":
-        check_argv = [binary, "-f", str(conf), "-t"]
-        argv = [binary, "-f", str(conf), "-DFOREGROUND"]
-    else:
-        check_argv = [binary, "-tt", "-f", str(conf)]
-        argv = [binary, "-D", "-f", str(conf)]
-    checked = subprocess.run(check_argv, capture_output=True, text=True, check=False)
+    checked = subprocess.run(
+        [front.binary, *front.check, "-f", str(conf)], capture_output=True, text=True, check=False
+    )
     if checked.returncode != 0:
         pytest.fail(f"{kind} rejected its config:\n{checked.stdout}{checked.stderr}")
     with open(log, "wb") as log_file:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT
+            [front.binary, *front.foreground, "-f", str(conf)],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
         )
     try:
         wait_until_connectable(("127.0.0.1", port), proc, log, kind)
@@ -164,19 +173,22 @@ def front(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Front]:
     kind, adapter = request.param
-    binary, _, tcp, flags = FRONTS[kind]
-    if not os.path.exists(binary):
-        pytest.skip(f"{binary} is missing (.ci/run installs apache2-bin and lighttpd)")
+    web = FRONTS[kind]
+    if not os.path.exists(web.binary):
+        pytest.skip(f"{web.binary} is missing (.ci/run installs apache2-bin and lighttpd)")
     if kind == "apache" and os.getuid() == 0 and not _www_data_exists():
         pytest.skip("httpd started as root needs the www-data user for its children")
     workdir = tmp_path_factory.mktemp(f"{kind}-{adapter}")
     with (
         run_fcgi_async(
-            TEST_APPS[adapter], workdir, tcp=tcp, extra_args=["--interface", adapter, *flags]
+            TEST_APPS[adapter],
+            workdir,
+            tcp=web.tcp,
+            extra_args=["--interface", adapter, *web.flags],
         ) as server,
         _run_front(kind, workdir / kind, server.address) as port,
     ):
-        yield Front(kind, adapter, port, server, workdir / kind / "error.log")
+        yield Front(kind, port, server)
 
 
 @pytest.fixture
