@@ -274,21 +274,20 @@ def test_flags_override_environment_over_defaults() -> None:
 
 def _sample(action: argparse.Action) -> tuple[str, list[str]]:
     """A valid non-default value for an option: (its environment form, its flag form)."""
-    flag = action.option_strings[-1] if action.option_strings[-1].startswith("--") else None
-    flag = flag or next(o for o in action.option_strings if o.startswith("--"))
+    flag = next(o for o in action.option_strings if o.startswith("--"))
     if action.nargs == 0:
         return "yes", [flag]
     if action.choices is not None:
         choice = next(c for c in reversed(list(action.choices)) if c != action.default)
         return str(choice), [flag, str(choice)]
-    raw = {
+    special = {
         "bind": "127.0.0.1:9123",
         "socket_mode": "640",
         "allowed_clients": "127.0.0.1,::1",
         "roles": "responder",
-    }.get(action.dest)
-    if raw is None:
-        raw = {int: "7", float: "2.5"}.get(action.type, f"/value/of/{action.dest}")  # type: ignore[call-overload]
+    }
+    by_type = {int: "7", float: "2.5"}
+    raw = special.get(action.dest) or by_type.get(action.type, f"/value/of/{action.dest}")  # type: ignore[call-overload]
     return raw, [flag, raw]
 
 
