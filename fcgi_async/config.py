@@ -9,12 +9,16 @@ never configures logging or exits the process.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .netaddr import Network, parse_network, parse_networks
 from .protocol import Limits, Role
 from .protocol.limits import (
+    CEILING_MAX_PARAMS_BYTES,
+    CEILING_MAX_PARAMS_PAIRS,
+    CEILING_MAX_REQUESTS_PER_CONNECTION,
     DEFAULT_KEEPALIVE_TIMEOUT_S,
     DEFAULT_MAX_BODY_BUFFER_BYTES,
     DEFAULT_MAX_CONNECTIONS,
@@ -55,6 +59,52 @@ DEFAULT_POOL_NAME = "www"
 #: php-fpm's access.format default (``%R - %u %t "%m %r%Q%q" %s``) plus the response size and
 #: the duration in milliseconds (see :mod:`fcgi_async.logs` for the codes).
 DEFAULT_ACCESS_LOG_FORMAT = '%R - %u %t "%m %U%Q%q" %s %b %{milliseconds}d'
+
+#: The longest any time setting may be (a week). Longer is no timeout a deployment means, and
+#: NaN or infinity would silently switch a protection off; 0 turns off the settings that can be.
+MAX_SECONDS = 7 * 24 * 3600.0
+#: Processes one supervisor may run (--workers, --pm-*): well past any machine's cores; a typo
+#: such as 40000 should fail at start-up, not fork until the machine stops.
+MAX_PROCESSES = 4096
+#: Threads one worker may run WSGI apps on.
+MAX_THREADS = 1024
+#: Connections one process may hold: the usual kernel ceiling of open files (fs.nr_open).
+MAX_CONNECTIONS = 1024 * 1024
+#: Buffered request body one connection may hold before reading pauses.
+MAX_BODY_BUFFER_BYTES = 1024 * 1024 * 1024
+#: The kernel caps listen queues at net.core.somaxconn, at most 65535 on Linux.
+MAX_BACKLOG = 0xFFFF
+#: Requests before a worker is recycled (--max-requests and its jitter); 0 is never.
+MAX_REQUESTS = 1_000_000_000
+
+#: Whole-number settings and their inclusive bounds; each is checked when a Config is made,
+#: whatever set it (flag, FCGI_ASYNC_* variable, config file, library code).
+_WHOLE_NUMBERS: dict[str, tuple[int, int]] = {
+    "threads": (1, MAX_THREADS),
+    "max_params_bytes": (1, CEILING_MAX_PARAMS_BYTES),
+    "max_params_pairs": (1, CEILING_MAX_PARAMS_PAIRS),
+    "max_requests_per_connection": (1, CEILING_MAX_REQUESTS_PER_CONNECTION),
+    "max_connections": (1, MAX_CONNECTIONS),
+    "max_body_buffer_bytes": (1, MAX_BODY_BUFFER_BYTES),
+    "backlog": (1, MAX_BACKLOG),
+    "workers": (1, MAX_PROCESSES),
+    "pm_max_children": (1, MAX_PROCESSES),
+    "pm_start_servers": (1, MAX_PROCESSES),
+    "pm_min_spare": (1, MAX_PROCESSES),
+    "pm_max_spare": (1, MAX_PROCESSES),
+    "max_requests": (0, MAX_REQUESTS),
+    "max_requests_jitter": (0, MAX_REQUESTS),
+}
+#: Time settings in seconds; True where 0 means "off".
+_SECONDS: dict[str, bool] = {
+    "keepalive_timeout_s": False,
+    "record_timeout_s": False,
+    "graceful_timeout_s": False,
+    "pm_idle_timeout_s": False,
+    "worker_timeout_s": False,
+    "request_timeout_s": True,
+    "slowlog_timeout_s": True,
+}
 
 Interface = Literal["auto", "asgi", "wsgi"]
 LoopName = Literal["auto", "asyncio", "uvloop"]
@@ -141,42 +191,26 @@ class Config:
     extra: dict[str, object] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        positive = (
-            "threads",
-            "max_params_bytes",
-            "max_params_pairs",
-            "max_requests_per_connection",
-            "max_connections",
-            "max_body_buffer_bytes",
-            "backlog",
-            "workers",
-            "pm_max_children",
-            "pm_start_servers",
-            "pm_min_spare",
-            "pm_max_spare",
-        )
-        for name in positive:
+        for name, (low, high) in _WHOLE_NUMBERS.items():
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a whole number of at least 1, got {value!r}")
-        for name in ("max_requests", "max_requests_jitter"):
+            if type(value) is not int or not low <= value <= high:
+                raise ConfigError(
+                    f"{name} must be a whole number from {low} to {high:,}, got {value!r}"
+                )
+        for name, off in _SECONDS.items():
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise ConfigError(f"{name} must be a whole number of at least 0, got {value!r}")
-        for name in (
-            "keepalive_timeout_s",
-            "record_timeout_s",
-            "graceful_timeout_s",
-            "pm_idle_timeout_s",
-            "worker_timeout_s",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or value <= 0:
-                raise ConfigError(f"{name} must be a number of seconds above 0, got {value!r}")
-        for name in ("request_timeout_s", "slowlog_timeout_s"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or not 0 <= value < float("inf"):
-                raise ConfigError(f"{name} must be 0 (off) or a number of seconds, got {value!r}")
+            # NaN compares false with everything: "not value > 0" would let it through and
+            # silently switch the protection off; isfinite() refuses NaN and infinities.
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value < 0
+                or (value == 0 and not off)
+                or value > MAX_SECONDS
+            ):
+                what = "0 (off) or a number of seconds" if off else "a number of seconds above 0"
+                raise ConfigError(f"{name} must be {what} up to {MAX_SECONDS:,.0f}, got {value!r}")
         if self.slowlog is not None and (not isinstance(self.slowlog, str) or not self.slowlog):
             raise ConfigError(f"slowlog must be a file path, got {self.slowlog!r}")
         if not self.bind:
@@ -192,7 +226,7 @@ class Config:
                 raise ConfigError(f"{name} must be a non-empty string, got {value!r}")
         for client in self.allowed_clients:
             try:
-                ipaddress.ip_network(client, strict=False)
+                parse_network(client)
             except ValueError:
                 raise ConfigError(
                     f"allowed_clients: {client!r} is not an IP address or network"
@@ -261,9 +295,9 @@ class Config:
         )
 
     @property
-    def allowed_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-        """``allowed_clients`` parsed; empty when every client is allowed."""
-        return tuple(ipaddress.ip_network(c, strict=False) for c in self.allowed_clients)
+    def allowed_networks(self) -> tuple[Network, ...]:
+        """``allowed_clients`` parsed (IPv4-mapped ones as IPv4); empty: every client allowed."""
+        return parse_networks(self.allowed_clients)
 
     @property
     def served_roles(self) -> tuple[Role, ...]:

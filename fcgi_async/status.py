@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .logs import request_path
+from .netaddr import host_allowed
 from .scoreboard import WorkerState
 from .types import Application, Request
 
@@ -420,14 +421,7 @@ class StatusApp:
             if not peer or peer.startswith("unix"):
                 return True  # a local process on the unix socket, no web server in between
             host = peer.rpartition(":")[0].strip("[]")
-        try:
-            ip = ipaddress.ip_address(host.partition("%")[0])
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        networks = self.state.allowed_networks or LOOPBACK
-        return any(ip in net for net in networks)
+        return host_allowed(host, self.state.allowed_networks or LOOPBACK)
 
     async def _answer(
         self, request: Request, status: int, ctype: str, body: bytes, extra: bytes

@@ -43,6 +43,23 @@ DEFAULT_KEEPALIVE_TIMEOUT_S: Final = 75.0
 DEFAULT_RECORD_TIMEOUT_S: Final = 30.0
 
 
+#: Upper bounds of the fields above (absurd values are refused where they are set, never
+#: passed on to the C parser, whose sizes are ``Py_ssize_t``). A PARAMS stream past 64 MiB is
+#: no HTTP request any web server sends; request ids are 16-bit (id 0 is for management
+#: records), so a connection cannot carry more than 65535 requests; GET_VALUES is one record.
+CEILING_MAX_PARAMS_BYTES: Final = 64 * 1024 * 1024
+CEILING_MAX_PARAMS_PAIRS: Final = 1_000_000
+CEILING_MAX_REQUESTS_PER_CONNECTION: Final = 0xFFFF
+CEILING_MAX_MANAGEMENT_BYTES: Final = 0xFFFF
+
+_CEILINGS: Final = {
+    "max_params_bytes": CEILING_MAX_PARAMS_BYTES,
+    "max_params_pairs": CEILING_MAX_PARAMS_PAIRS,
+    "max_requests_per_connection": CEILING_MAX_REQUESTS_PER_CONNECTION,
+    "max_management_bytes": CEILING_MAX_MANAGEMENT_BYTES,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """Bounds for one connection's protocol state. See the module constants for the reasons."""
@@ -53,11 +70,9 @@ class Limits:
     max_management_bytes: int = DEFAULT_MAX_MANAGEMENT_BYTES
 
     def __post_init__(self) -> None:
-        for name in (
-            "max_params_bytes",
-            "max_params_pairs",
-            "max_requests_per_connection",
-            "max_management_bytes",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name, ceiling in _CEILINGS.items():
+            value = getattr(self, name)
+            if type(value) is not int or not 1 <= value <= ceiling:
+                raise ValueError(
+                    f"{name} must be a whole number from 1 to {ceiling}, got {value!r}"
+                )

@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import socket
 from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
+from ..netaddr import Network, host_allowed
 from ..protocol import (
     NEED_DATA,
     DataEnded,
@@ -725,21 +725,12 @@ def _log_stderr(handle: RequestHandle, data: bytes) -> None:
             )
 
 
-def _peer_allowed(
-    transport: asyncio.BaseTransport,
-    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
-) -> bool:
+def _peer_allowed(transport: asyncio.BaseTransport, networks: tuple[Network, ...]) -> bool:
     """True when the peer is a unix socket or its IP is in one of ``networks``."""
     peer: Any = transport.get_extra_info("peername")
     if not (isinstance(peer, tuple) and len(peer) >= 2):
         return True  # unix socket: its file mode decides who connects
-    try:
-        ip = ipaddress.ip_address(str(peer[0]).partition("%")[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # a dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d
-    return any(ip in net for net in networks)
+    return host_allowed(str(peer[0]), networks)
 
 
 def _peer_name(transport: asyncio.BaseTransport) -> str:

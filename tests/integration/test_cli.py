@@ -229,7 +229,7 @@ def test_bad_environment_variables_are_usage_errors(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["app:app", "--threads", "0"], "threads must be a whole number of at least 1"),
+        (["app:app", "--threads", "0"], "threads must be a whole number from 1 to 1,024"),
         (["app:app", "--roles", "responder,janitor"], "unknown role 'janitor'"),
         (["app:app", "--keepalive-timeout", "0"], "keepalive_timeout_s must be a number"),
         (["app:app", "--allowed-clients", "10.0.0.1,nginx"], "'nginx' is not an IP address"),

@@ -76,6 +76,10 @@ async def answered(address: tuple[str, int]) -> bool:
         (("127.0.0.0/8",), {"v4"}),  # a v4 network does not admit ::1
         (("::1/128",), {"v6"}),  # a v6 network does not admit 127.0.0.1
         (("10.0.0.0/8", "2001:db8::/32"), set()),
+        # IPv4-mapped spellings mean the IPv4 client (the dual-stack socket's view of it).
+        (("::ffff:127.0.0.1",), {"v4"}),
+        (("::ffff:127.0.0.0/104",), {"v4"}),
+        (("::ffff:10.0.0.1",), set()),
     ],
 )
 async def test_tcp_peers_v4_and_v6(

@@ -175,7 +175,7 @@ def test_a_value_the_config_rejects_names_the_setting(
     path = tmp_path / "c.toml"
     path.write_text("workers = 0\n")
     assert main(["a:b", "--config", str(path)], environ={}) == 1
-    assert "workers must be a whole number of at least 1" in capsys.readouterr().err
+    assert "workers must be a whole number from 1 to 4,096" in capsys.readouterr().err
 
 
 def test_the_app_is_required_unless_checking(capsys: pytest.CaptureFixture[str]) -> None:

@@ -53,8 +53,8 @@ def test_environment_below_flags() -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"workers": 0}, "workers must be a whole number of at least 1"),
-        ({"max_requests": -1}, "max_requests must be a whole number of at least 0"),
+        ({"workers": 0}, "workers must be a whole number from 1 to 4,096"),
+        ({"max_requests": -1}, "max_requests must be a whole number from 0 to 1,000,000,000"),
         ({"max_requests_jitter": -5}, "max_requests_jitter"),
         ({"worker_timeout_s": 0}, "worker_timeout_s must be a number of seconds above 0"),
         ({"pm_idle_timeout_s": -1.0}, "pm_idle_timeout_s"),
