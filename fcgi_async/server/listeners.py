@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import grp
 import logging
 import os
 import pwd
 import socket
 import stat
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,6 +30,12 @@ logger = logging.getLogger("fcgi_async.server")
 FCGI_LISTENSOCK_FILENO = 0
 #: systemd socket activation (sd_listen_fds(3)): passed sockets start at fd 3.
 SD_LISTEN_FDS_START = 3
+
+
+#: The unix socket files this process created, by path: (st_dev, st_ino) of each, so that
+#: :func:`close_listeners` removes a file only while it is still ours (another instance may
+#: have replaced it once we stopped listening).
+_CREATED: dict[str, tuple[int, int]] = {}
 
 
 class BindError(OSError):
@@ -155,51 +162,12 @@ def bind_socket(
         return adopt_fd(addr.fd)
     if addr.kind == "unix":
         uid, gid = resolve_socket_owner(socket_owner, socket_group)
-        path = addr.path
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:  # a parent that is a file, no permission to look
-            raise BindError(f"cannot bind unix:{path}: {exc.strerror or exc}") from exc
-        else:
-            if not stat.S_ISSOCK(st.st_mode):
-                raise BindError(f"cannot bind unix:{path}: it exists and is not a socket")
-            if _unix_socket_is_live(path):
-                raise BindError(f"cannot bind unix:{path}: another server is listening on it")
-            try:
-                os.unlink(path)
-            except OSError as exc:
-                raise BindError(
-                    f"cannot bind unix:{path}: cannot remove the stale socket: "
-                    f"{exc.strerror or exc}"
-                ) from exc
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(path)
-        except OSError as exc:
-            sock.close()
-            raise BindError(f"cannot bind unix:{path}: {exc.strerror or exc}") from exc
-        try:
-            if uid != -1 or gid != -1:
-                try:
-                    os.chown(path, uid, gid)
-                except OSError as exc:
-                    who = (socket_owner or "") + (f":{socket_group}" if socket_group else "")
-                    raise BindError(
-                        f"cannot give unix:{path} to {who} (--socket-owner/--socket-group): "
-                        f"{exc.strerror or exc}"
-                    ) from exc
-            if socket_mode is not None:
-                os.chmod(path, socket_mode)
-            sock.listen(backlog)
-        except OSError as exc:
-            sock.close()
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-            if isinstance(exc, BindError):
-                raise
-            raise BindError(f"cannot bind unix:{path}: {exc.strerror or exc}") from exc
+        # Check-then-replace is a race between two instances started at the same moment: both
+        # find the stale file, one binds, the other removes that fresh socket (it is not
+        # listening yet, so it looks stale too) and binds its own. The directory lock makes the
+        # check, the bind and the listen one step for every instance that takes it.
+        with _directory_lock(addr.path):
+            sock = _bind_unix(addr.path, uid, gid, socket_owner, socket_group, socket_mode, backlog)
         sock.setblocking(False)
         return sock
     family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
@@ -222,6 +190,83 @@ def bind_socket(
         reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
         raise BindError(f"cannot bind {addr}: {reason or exc}") from exc
     sock.setblocking(False)
+    return sock
+
+
+@contextlib.contextmanager
+def _directory_lock(path: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the directory of ``path`` (no lock file is left behind).
+
+    A directory we may not open for reading is not locked: binding there still works, only
+    without protection against an instance started at the same moment.
+    """
+    try:
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _bind_unix(
+    path: str,
+    uid: int,
+    gid: int,
+    socket_owner: str | None,
+    socket_group: str | None,
+    socket_mode: int | None,
+    backlog: int,
+) -> socket.socket:
+    """:func:`bind_socket` for a unix path, called with the directory lock held."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # a parent that is a file, no permission to look
+        raise BindError(f"cannot bind unix:{path}: {exc.strerror or exc}") from exc
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise BindError(f"cannot bind unix:{path}: it exists and is not a socket")
+        if _unix_socket_is_live(path):
+            raise BindError(f"cannot bind unix:{path}: another server is listening on it")
+        try:
+            os.unlink(path)
+        except OSError as exc:
+            raise BindError(
+                f"cannot bind unix:{path}: cannot remove the stale socket: {exc.strerror or exc}"
+            ) from exc
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        raise BindError(f"cannot bind unix:{path}: {exc.strerror or exc}") from exc
+    try:
+        if uid != -1 or gid != -1:
+            try:
+                os.chown(path, uid, gid)
+            except OSError as exc:
+                who = (socket_owner or "") + (f":{socket_group}" if socket_group else "")
+                raise BindError(
+                    f"cannot give unix:{path} to {who} (--socket-owner/--socket-group): "
+                    f"{exc.strerror or exc}"
+                ) from exc
+        if socket_mode is not None:
+            os.chmod(path, socket_mode)
+        st = os.stat(path)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        if isinstance(exc, BindError):
+            raise
+        raise BindError(f"cannot bind unix:{path}: {exc.strerror or exc}") from exc
+    _CREATED[path] = (st.st_dev, st.st_ino)
     return sock
 
 
@@ -353,5 +398,23 @@ def close_listeners(sockets: list[socket.socket], *, unlink: bool = True) -> Non
                 path = name if isinstance(name, str) and name else None
         sock.close()
         if path:
+            _unlink_ours(path)
+
+
+def _unlink_ours(path: str) -> None:
+    """Remove the socket file at ``path`` if it is the one this process created.
+
+    A path we did not create (an inherited socket) is left alone; so is one that another
+    instance has bound anew since we stopped listening (it found ours stale).
+    """
+    created = _CREATED.pop(path, None)
+    if created is None:
+        return
+    with _directory_lock(path):
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        if (st.st_dev, st.st_ino) == created:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
