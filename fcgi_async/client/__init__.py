@@ -25,11 +25,12 @@ from .errors import (
     PoolClosed,
     ProtocolError,
     RequestRejected,
+    ResponseTooLarge,
     Timeout,
     UnknownRole,
 )
 from .params import build_params
-from .pool import Body, FastCGIClient, Params, get_values
+from .pool import USE_CLIENT_DEFAULT, Body, FastCGIClient, Params, get_values
 from .response import Response, StreamingResponse
 from .timeouts import Timeouts
 
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from .transport import FastCGISyncTransport, FastCGITransport
 
 __all__ = [
+    "USE_CLIENT_DEFAULT",
     "Address",
     "Body",
     "CantMultiplex",
@@ -52,6 +54,7 @@ __all__ = [
     "ProtocolError",
     "RequestRejected",
     "Response",
+    "ResponseTooLarge",
     "StreamingResponse",
     "Timeout",
     "Timeouts",
