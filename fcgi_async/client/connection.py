@@ -21,6 +21,8 @@ import asyncio
 import contextlib
 import enum
 import logging
+import socket
+import struct
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Final
@@ -62,6 +64,8 @@ MAX_BUFFERED_RESPONSE_BYTES: Final = 1024 * 1024
 #: Seconds a server may take to answer ABORT_REQUEST with END_REQUEST. Past it the connection
 #: takes no new requests and closes once its other requests are done.
 ABORT_GRACE_S: Final = 5.0
+#: SO_LINGER on, 0 seconds: close() resets the connection instead of flushing it.
+_LINGER_RESET: Final = struct.pack("ii", 1, 0)
 
 
 class Unavailable(Exception):
@@ -644,8 +648,20 @@ class Connection:
         reader_task, self._reader_task = self._reader_task, None
         if reader_task is not None and reader_task is not asyncio.current_task():
             reader_task.cancel()
-        if self._writer is not None:
-            self._writer.close()
+        writer = self._writer
+        if writer is not None:
+            transport = writer.transport
+            if transport.get_write_buffer_size():
+                # close() would keep the socket open until the server reads what is still
+                # buffered: never, from a server that stopped reading (a write timeout). Abort
+                # with a reset (linger 0), or the FIN would wait behind the unread bytes too.
+                sock = transport.get_extra_info("socket")
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+                transport.abort()
+            else:
+                writer.close()
         lost = error or ConnectionLost(f"connection to {self.address} was closed")
         for ex in list(self.exchanges.values()):
             self.codec.forget_request(ex.request_id)
