@@ -5,6 +5,7 @@ The server runs in threads of this process on 127.0.0.1 (port 0), frames its rec
 streams STDERR forever. The client keeps its defaults except where a test must finish fast
 (the read or write timeout), raises its typed errors, and this process's resident memory
 (VmRSS, sampled from /proc/self/status while the request runs) stays within a generous bound.
+(d) sends a CGI header block that never ends, which must stop at the header cap.
 Every flood is bounded: it stops when the client goes away, or after FLOOD_CAP_BYTES or
 FLOOD_CAP_S, whichever comes first (then it closes the connection).
 """
@@ -31,7 +32,7 @@ from fcgi_async.client import (
     Timeout,
     build_params,
 )
-from fcgi_async.client.response import DEFAULT_MAX_RESPONSE_BYTES
+from fcgi_async.client.response import DEFAULT_MAX_RESPONSE_BYTES, MAX_HEADER_BLOCK_BYTES
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -56,7 +57,7 @@ def record(rtype: int, rid: int, content: bytes) -> bytes:
     return _HEADER.pack(1, rtype, rid, len(content), pad) + content + b"\0" * pad
 
 
-Behaviour = Literal["silent", "deaf", "stdout", "stderr"]
+Behaviour = Literal["silent", "deaf", "stdout", "stderr", "head"]
 
 
 @dataclass
@@ -166,9 +167,10 @@ class Hostile:
             self.done.set()
 
     def _flood(self, conn: socket.socket, rid: int) -> None:
-        """STDOUT (after a valid head) or STDERR, record after record, until stopped."""
-        rtype = STDOUT if self.behaviour == "stdout" else STDERR
-        if rtype == STDOUT:
+        """STDOUT (after a valid head), STDERR, or a head that never ends (STDOUT with no line
+        break at all), record after record, until stopped."""
+        rtype = STDERR if self.behaviour == "stderr" else STDOUT
+        if self.behaviour == "stdout":
             conn.sendall(record(STDOUT, rid, b"Status: 200 OK\r\nContent-Type: x/y\r\n\r\n"))
         chunk = record(rtype, rid, b"h" * CONTENT_MAX) * 4
         payload = 4 * CONTENT_MAX
@@ -354,4 +356,18 @@ async def test_server_that_streams_stderr_forever() -> None:
         assert await asyncio.to_thread(server.done.wait, WAIT_S)
     assert server.ended == "peer closed", server.ended
     assert DEFAULT_MAX_RESPONSE_BYTES <= server.sent < FLOOD_CAP_BYTES
+    assert growth[0] < RSS_BOUND_BYTES, f"RSS grew {_mib(growth[0])}, sent {_mib(server.sent)}"
+
+
+# ------------------------------------------------------------------------------- (d)
+async def test_server_that_sends_an_endless_header_block() -> None:
+    """Default limits: ResponseTooLarge("head") at 64 KiB, not a growing head buffer."""
+    with hostile_server("head") as server, rss_peak() as growth:
+        async with FastCGIClient(server.address) as client:
+            with pytest.raises(ResponseTooLarge) as info:
+                await client.request(build_params("GET", "/"))
+            assert (info.value.part, info.value.limit) == ("head", MAX_HEADER_BLOCK_BYTES)
+        assert await asyncio.to_thread(server.done.wait, WAIT_S)
+    assert server.ended == "peer closed", server.ended
+    assert server.sent < FLOOD_CAP_BYTES
     assert growth[0] < RSS_BOUND_BYTES, f"RSS grew {_mib(growth[0])}, sent {_mib(server.sent)}"
