@@ -7,6 +7,11 @@ Talk to php-fpm, our server, or any FastCGI application without a web server::
         response = await client.request(params)
         print(response.status_code, response.get_header("content-type"), response.body)
 
+Nothing hangs or grows without limit by default: :class:`Timeouts` bounds connecting, each
+wait for the server (60 s) and the whole exchange (300 s), raising :class:`Timeout`; the
+client's ``max_response_bytes`` (64 MiB) and ``max_header_bytes`` (64 KiB) bound what one
+response may make it hold, raising :class:`ResponseTooLarge`. Either aborts the request.
+
 :class:`FastCGITransport` and :class:`FastCGISyncTransport` need ``httpx`` (the
 ``fcgi-async[client]`` extra) and are imported on first use, so this package imports without it.
 """

@@ -470,7 +470,8 @@ class FastCGIClient:
     ) -> StreamingResponse:
         """Like :meth:`stream` without the context manager: the caller must close the response.
 
-        Used by the httpx transports, whose response objects own closing.
+        Used by the httpx transports, whose response objects own closing. ``timeouts`` and
+        ``max_response_bytes`` as for :meth:`request` (default: the client's).
         """
         return await self._open(params, body, role, timeouts or self.timeouts, max_response_bytes)
 
