@@ -7,6 +7,11 @@ Talk to php-fpm, our server, or any FastCGI application without a web server::
         response = await client.request(params)
         print(response.status_code, response.get_header("content-type"), response.body)
 
+Nothing hangs or grows without limit by default: :class:`Timeouts` bounds connecting, each
+wait for the server (60 s) and the whole exchange (300 s), raising :class:`Timeout`; the
+client's ``max_response_bytes`` (64 MiB) and ``max_header_bytes`` (64 KiB) bound what one
+response may make it hold, raising :class:`ResponseTooLarge`. Either aborts the request.
+
 :class:`FastCGITransport` and :class:`FastCGISyncTransport` need ``httpx`` (the
 ``fcgi-async[client]`` extra) and are imported on first use, so this package imports without it.
 """
@@ -25,11 +30,12 @@ from .errors import (
     PoolClosed,
     ProtocolError,
     RequestRejected,
+    ResponseTooLarge,
     Timeout,
     UnknownRole,
 )
 from .params import build_params
-from .pool import Body, FastCGIClient, Params, get_values
+from .pool import USE_CLIENT_DEFAULT, Body, FastCGIClient, Params, get_values
 from .response import Response, StreamingResponse
 from .timeouts import Timeouts
 
@@ -37,6 +43,7 @@ if TYPE_CHECKING:
     from .transport import FastCGISyncTransport, FastCGITransport
 
 __all__ = [
+    "USE_CLIENT_DEFAULT",
     "Address",
     "Body",
     "CantMultiplex",
@@ -52,6 +59,7 @@ __all__ = [
     "ProtocolError",
     "RequestRejected",
     "Response",
+    "ResponseTooLarge",
     "StreamingResponse",
     "Timeout",
     "Timeouts",

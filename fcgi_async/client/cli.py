@@ -17,7 +17,9 @@ Exit status (curl's numbers where curl has one):
 8   FastCGI error: protocol error, connection lost, request rejected (OVERLOADED,
     CANT_MPX_CONN, UNKNOWN_ROLE), malformed CGI response
 22  HTTP status 400 or above (the body is still printed)
-28  timeout (``--timeout``, default 30 s for the whole exchange)
+28  timeout (``--timeout``, default 30 s for the whole exchange; ``--read-timeout``)
+63  the response was too large: body past ``--max-filesize``, or a header block or
+    STDERR past the client's limits (64 KiB, 64 MiB); the request is aborted
 ==  ==========================================================================
 """
 
@@ -29,10 +31,10 @@ import sys
 from collections.abc import Sequence
 from typing import BinaryIO, Final
 
-from .errors import ConnectError, FastCGIError, Timeout
+from .errors import ConnectError, FastCGIError, ResponseTooLarge, Timeout
 from .params import build_params
 from .pool import FastCGIClient, get_values
-from .timeouts import Timeouts
+from .timeouts import DEFAULT_READ_TIMEOUT_S, Timeouts
 
 EXIT_OK: Final = 0
 EXIT_LOCAL: Final = 1
@@ -41,9 +43,21 @@ EXIT_CONNECT: Final = 7
 EXIT_FASTCGI: Final = 8
 EXIT_HTTP: Final = 22
 EXIT_TIMEOUT: Final = 28
+EXIT_TOO_LARGE: Final = 63
 
 #: Default seconds for the whole exchange: a health check must not hang.
 DEFAULT_TIMEOUT_S: Final = 30.0
+
+_SIZE_UNITS: Final = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def _size(text: str) -> int:
+    """Parse ``BYTES`` with an optional K, M or G suffix (powers of 1024, as curl does)."""
+    unit = text[-1:].upper() if text[-1:].isalpha() else ""
+    number = text[: len(text) - len(unit)]
+    if unit not in _SIZE_UNITS or not number.isdigit() or int(number) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive size like 1048576 or 1M")
+    return int(number) * _SIZE_UNITS[unit]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Send one FastCGI request and print the response (like cgi-fcgi or curl).",
         epilog=(
             "exit status: 0 ok, 1 local error, 2 usage, 7 cannot connect, 8 FastCGI error, "
-            "22 HTTP status >= 400, 28 timeout.  "
+            "22 HTTP status >= 400, 28 timeout, 63 response too large.  "
             "examples: fcgi-async call unix:/run/php/php8.2-fpm.sock /ping;  "
             "fcgi-async call 127.0.0.1:9000 /index.php --document-root /srv/www -d 'a=1'"
         ),
@@ -102,6 +116,26 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_TIMEOUT_S,
         metavar="S",
         help="seconds for the whole exchange (%(default)s); exit status 28 when exceeded",
+    )
+    p.add_argument(
+        "--read-timeout",
+        type=float,
+        default=DEFAULT_READ_TIMEOUT_S,
+        metavar="S",
+        help=(
+            "seconds of silence allowed while waiting for the next response bytes "
+            "(%(default)s, bounded by --timeout); exit status 28 when exceeded"
+        ),
+    )
+    p.add_argument(
+        "--max-filesize",
+        type=_size,
+        metavar="BYTES",
+        help=(
+            "abort when the response body passes BYTES (K, M, G suffixes: 1024s), exit "
+            "status 63, as curl's option; default no limit (the body streams to stdout). "
+            "A header block over 64 KiB or STDERR over 64 MiB always aborts with 63"
+        ),
     )
     return p
 
@@ -157,7 +191,8 @@ async def _call(args: argparse.Namespace, body: bytes | None, out: BinaryIO, err
             err.write(data)
             err.flush()
 
-    timeouts = Timeouts(connect=min(args.timeout, 5.0), total=args.timeout)
+    timeouts = Timeouts(connect=min(args.timeout, 5.0), read=args.read_timeout, total=args.timeout)
+    limit: int | None = args.max_filesize
     async with (
         FastCGIClient(
             args.address, multiplex=False, timeouts=timeouts, on_stderr=on_stderr
@@ -168,7 +203,14 @@ async def _call(args: argparse.Namespace, body: bytes | None, out: BinaryIO, err
             head = [f"HTTP/1.1 {response.status_code} {response.reason}".rstrip()]
             head += [f"{name}: {value}" for name, value in response.headers]
             out.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+        received = 0
         async for chunk in response.aiter_bytes():
+            received += len(chunk)
+            if limit is not None and received > limit:
+                # Leaving the block aborts the request (the connection is closed).
+                raise ResponseTooLarge(
+                    f"response body exceeds --max-filesize ({limit} bytes)", "body", limit
+                )
             out.write(chunk)
         out.flush()
         status = response.status_code
@@ -220,5 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(EXIT_CONNECT, str(exc))
     except Timeout as exc:
         return fail(EXIT_TIMEOUT, str(exc))
+    except ResponseTooLarge as exc:
+        return fail(EXIT_TOO_LARGE, str(exc))
     except FastCGIError as exc:
         return fail(EXIT_FASTCGI, f"{type(exc).__name__}: {exc}")

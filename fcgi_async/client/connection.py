@@ -21,6 +21,8 @@ import asyncio
 import contextlib
 import enum
 import logging
+import socket
+import struct
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Final
@@ -42,6 +44,7 @@ from .errors import (
     ConnectionLost,
     FastCGIError,
     ProtocolError,
+    ResponseTooLarge,
     Timeout,
     rejection,
 )
@@ -61,6 +64,8 @@ MAX_BUFFERED_RESPONSE_BYTES: Final = 1024 * 1024
 #: Seconds a server may take to answer ABORT_REQUEST with END_REQUEST. Past it the connection
 #: takes no new requests and closes once its other requests are done.
 ABORT_GRACE_S: Final = 5.0
+#: SO_LINGER on, 0 seconds: close() resets the connection instead of flushing it.
+_LINGER_RESET: Final = struct.pack("ii", 1, 0)
 
 
 class Unavailable(Exception):
@@ -81,6 +86,12 @@ class Exchange:
 
     The reader task calls the ``feed_*`` methods; the caller awaits :meth:`receive` and calls
     :meth:`close` when done (early close aborts the request).
+
+    Args:
+        stderr_limit: STDERR bytes kept in :attr:`stderr` (more is dropped, still counted).
+        stderr_cap: STDERR bytes the server may send at all (``None``: no cap); past it the
+            exchange fails with :class:`ResponseTooLarge` and the request is aborted.
+        on_stderr: called with every STDERR chunk within the cap.
     """
 
     __slots__ = (
@@ -102,7 +113,9 @@ class Exchange:
         "reused",
         "sender",
         "stderr",
+        "stderr_cap",
         "stderr_limit",
+        "stderr_received",
     )
 
     def __init__(
@@ -111,11 +124,14 @@ class Exchange:
         request_id: int,
         stderr_limit: int,
         on_stderr: Callable[[bytes], None] | None,
+        stderr_cap: int | None = None,
     ) -> None:
         self.conn = conn
         self.request_id = request_id
         self.stderr = bytearray()
         self.stderr_limit = stderr_limit
+        self.stderr_cap = stderr_cap
+        self.stderr_received = 0
         self.on_stderr = on_stderr
         self._chunks: deque[bytes] = deque()
         self.buffered = 0
@@ -161,8 +177,26 @@ class Exchange:
         self._wake()
 
     def feed_stderr(self, data: bytes) -> None:
-        """A STDERR chunk arrived: keep it (bounded) and pass it to the callback."""
+        """A STDERR chunk arrived: keep it (bounded) and pass it to the callback.
+
+        Past ``stderr_cap`` the exchange fails with :class:`ResponseTooLarge` and the request
+        is aborted: a server flooding STDERR must not keep both sides working forever.
+        """
         self.received_any = True
+        self.stderr_received += len(data)
+        cap = self.stderr_cap
+        if cap is not None and self.stderr_received > cap:
+            if not self.ended:
+                self.fail(
+                    ResponseTooLarge(
+                        f"{self.conn.address}: request {self.request_id}: STDERR exceeds"
+                        f" max_response_bytes ({cap} bytes)",
+                        "stderr",
+                        cap,
+                    )
+                )
+                self.conn.abandon(self)
+            return
         room = self.stderr_limit - len(self.stderr)
         if room > 0:
             self.stderr += data[:room]
@@ -407,6 +441,7 @@ class Connection:
         *,
         stderr_limit: int,
         on_stderr: Callable[[bytes], None] | None,
+        stderr_cap: int | None = None,
     ) -> Exchange:
         """Connect if needed, then send BEGIN_REQUEST and PARAMS and start the body.
 
@@ -423,7 +458,7 @@ class Connection:
             if not self.reusable:
                 raise Unavailable
             rid = self._free_id()
-            ex = Exchange(self, rid, stderr_limit, on_stderr)
+            ex = Exchange(self, rid, stderr_limit, on_stderr, stderr_cap)
             ex.reused = self.served > 0
             try:
                 out: list[bytes | memoryview] = [
@@ -567,6 +602,8 @@ class Connection:
                     if event is NEED_DATA:
                         break
                     self._dispatch(event)
+                    if self.state == State.CLOSED:
+                        return  # an exchange gave up the connection (see Exchange.feed_stderr)
                 for ex in list(self.exchanges.values()):
                     if ex.needs_drain:
                         await ex.wait_drained()
@@ -611,8 +648,20 @@ class Connection:
         reader_task, self._reader_task = self._reader_task, None
         if reader_task is not None and reader_task is not asyncio.current_task():
             reader_task.cancel()
-        if self._writer is not None:
-            self._writer.close()
+        writer = self._writer
+        if writer is not None:
+            transport = writer.transport
+            if transport.get_write_buffer_size():
+                # close() would keep the socket open until the server reads what is still
+                # buffered: never, from a server that stopped reading (a write timeout). Abort
+                # with a reset (linger 0), or the FIN would wait behind the unread bytes too.
+                sock = transport.get_extra_info("socket")
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+                transport.abort()
+            else:
+                writer.close()
         lost = error or ConnectionLost(f"connection to {self.address} was closed")
         for ex in list(self.exchanges.values()):
             self.codec.forget_request(ex.request_id)

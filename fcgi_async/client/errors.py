@@ -16,6 +16,7 @@ by the caller's own request-body iterable pass through unchanged.
     |                       connection first; streamed bodies cannot be sent twice)
     |   +-- UnknownRole     UNKNOWN_ROLE
     +-- Timeout             a connect, pool, read, write or total deadline passed
+    +-- ResponseTooLarge    the response head, buffered body or STDERR passed its size limit
     +-- PoolClosed          the client was closed
 """
 
@@ -88,6 +89,26 @@ class Timeout(FastCGIError):
     def __init__(self, msg: str, phase: str) -> None:
         super().__init__(msg)
         self.phase = phase
+
+
+class ResponseTooLarge(FastCGIError):
+    """The server sent more than the client accepts for one response; the request was aborted.
+
+    Raised when the CGI header block passes ``max_header_bytes``, when a body read whole
+    (:meth:`FastCGIClient.request`, :meth:`StreamingResponse.aread`) passes
+    ``max_response_bytes``, or when STDERR passes ``max_response_bytes``. The request is then
+    aborted (ABORT_REQUEST on a multiplexed connection, otherwise its connection is closed), so
+    neither side keeps working on it.
+
+    Attributes:
+        part: what was too large: ``"head"``, ``"body"`` or ``"stderr"``.
+        limit: the limit in bytes that was passed.
+    """
+
+    def __init__(self, msg: str, part: str, limit: int) -> None:
+        super().__init__(msg)
+        self.part = part
+        self.limit = limit
 
 
 class PoolClosed(FastCGIError):

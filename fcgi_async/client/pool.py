@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
-from typing import Final, TypeAlias
+from typing import Final, Literal, TypeAlias
 
 from ..protocol import (
     FCGI_MAX_CONNS,
@@ -49,9 +50,11 @@ from .errors import (
     FastCGIError,
     PoolClosed,
     ProtocolError,
+    ResponseTooLarge,
     Timeout,
 )
 from .response import (
+    DEFAULT_MAX_RESPONSE_BYTES,
     MAX_HEADER_BLOCK_BYTES,
     Response,
     StreamingResponse,
@@ -71,7 +74,8 @@ DEFAULT_MAX_REQUESTS_PER_CONNECTION: Final = 100
 DEFAULT_KEEPALIVE_EXPIRY_S: Final = 5.0
 #: Seconds the first request waits for the GET_VALUES answer before assuming no multiplexing.
 DEFAULT_GET_VALUES_TIMEOUT_S: Final = 1.0
-#: STDERR bytes kept per response; more is passed to ``on_stderr`` but not kept.
+#: STDERR bytes kept per response; more is passed to ``on_stderr`` but not kept (STDERR as a
+#: whole is capped by ``max_response_bytes``).
 DEFAULT_MAX_STDERR_BYTES: Final = 1024 * 1024
 #: The names GET_VALUES asks by default (spec §4.1).
 DEFAULT_VALUE_NAMES: Final = ("FCGI_MAX_CONNS", "FCGI_MAX_REQS", "FCGI_MPXS_CONNS")
@@ -81,6 +85,23 @@ Params: TypeAlias = Mapping[str, ParamValue] | Mapping[bytes, ParamValue]
 """CGI params: names and values as ``str`` (encoded UTF-8) or ``bytes`` (sent as they are)."""
 Body: TypeAlias = bytes | bytearray | memoryview | AsyncIterable[bytes] | None
 """A request body: bytes, or an async iterable of bytes chunks (streamed as it is produced)."""
+
+
+class _ClientDefault(enum.Enum):
+    """The type of :data:`USE_CLIENT_DEFAULT` (``None`` already means "no limit")."""
+
+    USE_CLIENT_DEFAULT = enum.auto()
+
+
+#: A per-request argument left at this value takes the client's setting.
+USE_CLIENT_DEFAULT: Final = _ClientDefault.USE_CLIENT_DEFAULT
+MaxBytes: TypeAlias = int | Literal[_ClientDefault.USE_CLIENT_DEFAULT] | None
+"""A per-request size limit: bytes, ``None`` for no limit, or :data:`USE_CLIENT_DEFAULT`."""
+
+
+def _check_limit(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"{name} must be a positive number of bytes or None")
 
 
 def encode_params(params: Params) -> list[tuple[bytes, bytes]]:
@@ -117,8 +138,16 @@ class FastCGIClient:
             as they are idle; ``None`` keeps them until closed.
         timeouts: default time limits of each request.
         get_values_timeout: how long the first request waits for the GET_VALUES answer.
-        max_stderr_bytes: STDERR bytes kept per response.
+        max_stderr_bytes: STDERR bytes kept per response (more is passed to ``on_stderr``).
         on_stderr: called with every STDERR chunk as it arrives (e.g. to log it).
+        max_response_bytes: the most one response may make the client hold: the body read
+            whole by :meth:`request` and :meth:`StreamingResponse.aread`, and all of its
+            STDERR (kept or not). Past it :class:`ResponseTooLarge` is raised and the request
+            aborted. Streaming with ``aiter_bytes()`` is not capped (the caller consumes as it
+            goes). ``None`` disables the cap. Default
+            :data:`~fcgi_async.client.response.DEFAULT_MAX_RESPONSE_BYTES` (64 MiB).
+        max_header_bytes: the most the CGI header block may take (64 KiB); a longer one, or
+            one that never ends, raises :class:`ResponseTooLarge`.
 
     Use as ``async with FastCGIClient(...) as client:`` or call :meth:`aclose`.
 
@@ -141,11 +170,15 @@ class FastCGIClient:
         get_values_timeout: float = DEFAULT_GET_VALUES_TIMEOUT_S,
         max_stderr_bytes: int = DEFAULT_MAX_STDERR_BYTES,
         on_stderr: Callable[[bytes], None] | None = None,
+        max_response_bytes: int | None = DEFAULT_MAX_RESPONSE_BYTES,
+        max_header_bytes: int = MAX_HEADER_BLOCK_BYTES,
     ) -> None:
         if max_connections < 1 or not 1 <= max_requests_per_connection <= MAX_REQUEST_ID:
             raise ValueError(
                 "max_connections must be >= 1 and max_requests_per_connection 1 to 65535"
             )
+        _check_limit("max_response_bytes", max_response_bytes)
+        _check_limit("max_header_bytes", max_header_bytes)
         self.address = parse_address(address) if isinstance(address, str) else address
         self._max_connections = max_connections
         self._max_requests_per_connection = max_requests_per_connection
@@ -156,6 +189,8 @@ class FastCGIClient:
         self._get_values_timeout = get_values_timeout
         self._max_stderr_bytes = max_stderr_bytes
         self._on_stderr = on_stderr
+        self.max_response_bytes = max_response_bytes
+        self.max_header_bytes = max_header_bytes
         self._connections: list[Connection] = []
         self._waiting: deque[_Waiter] = deque()
         self._probe_task: asyncio.Task[None] | None = None
@@ -313,9 +348,14 @@ class FastCGIClient:
         body: Body,
         role: Role,
         timeouts: Timeouts,
+        max_bytes: MaxBytes,
     ) -> StreamingResponse:
         if self._closed:
             raise PoolClosed("the client is closed")
+        if max_bytes is USE_CLIENT_DEFAULT:
+            max_bytes = self.max_response_bytes
+        else:
+            _check_limit("max_response_bytes", max_bytes)
         budget = Budget(timeouts)
         pairs = encode_params(params)
         payload: bytes | AsyncIterator[bytes]
@@ -338,6 +378,7 @@ class FastCGIClient:
                     budget,
                     stderr_limit=self._max_stderr_bytes,
                     on_stderr=self._on_stderr,
+                    stderr_cap=max_bytes,
                 )
             except Unavailable:
                 unavailable += 1
@@ -345,7 +386,7 @@ class FastCGIClient:
                     raise ConnectionLost(f"no usable connection to {self.address}") from None
                 continue
             try:
-                return await _read_head(ex, budget)
+                return await _read_head(ex, budget, self.max_header_bytes, max_bytes)
             except BaseException as exc:
                 ex.close()
                 if not retried and isinstance(payload, bytes) and _retryable(exc, ex):
@@ -362,6 +403,7 @@ class FastCGIClient:
         role: Role = Role.RESPONDER,
         timeout: float | None = None,  # noqa: ASYNC109 - a per-request deadline is the API
         timeouts: Timeouts | None = None,
+        max_response_bytes: MaxBytes = USE_CLIENT_DEFAULT,
     ) -> Response:
         """Send one request and read the whole response.
 
@@ -371,12 +413,15 @@ class FastCGIClient:
             role: the FastCGI role (RESPONDER by default).
             timeout: total seconds for the whole exchange (overrides ``timeouts.total``).
             timeouts: all time limits for this request (default: the client's).
+            max_response_bytes: the body (and STDERR) size limit for this request (default:
+                the client's ``max_response_bytes``; ``None``: no limit).
 
         Raises:
+            ResponseTooLarge: the head, body or STDERR passed its limit (request aborted).
             FastCGIError: see :mod:`fcgi_async.client.errors`.
         """
         limits = self._limits(timeout, timeouts)
-        streaming = await self._open(params, body, role, limits)
+        streaming = await self._open(params, body, role, limits, max_response_bytes)
         async with streaming as response:
             data = await response.aread()
             return Response(
@@ -397,14 +442,18 @@ class FastCGIClient:
         role: Role = Role.RESPONDER,
         timeout: float | None = None,  # noqa: ASYNC109
         timeouts: Timeouts | None = None,
+        max_response_bytes: MaxBytes = USE_CLIENT_DEFAULT,
     ) -> AsyncIterator[StreamingResponse]:
         """Send one request; yield the response once its head arrived, body unread.
 
         ``async with client.stream(params) as response:`` then ``response.aiter_bytes()``.
         Leaving the block before the end of the body aborts the request. Arguments and errors
-        as for :meth:`request`.
+        as for :meth:`request`; ``max_response_bytes`` caps STDERR and ``response.aread()``,
+        not ``aiter_bytes()``.
         """
-        response = await self._open(params, body, role, self._limits(timeout, timeouts))
+        response = await self._open(
+            params, body, role, self._limits(timeout, timeouts), max_response_bytes
+        )
         try:
             yield response
         finally:
@@ -417,12 +466,14 @@ class FastCGIClient:
         *,
         role: Role = Role.RESPONDER,
         timeouts: Timeouts | None = None,
+        max_response_bytes: MaxBytes = USE_CLIENT_DEFAULT,
     ) -> StreamingResponse:
         """Like :meth:`stream` without the context manager: the caller must close the response.
 
-        Used by the httpx transports, whose response objects own closing.
+        Used by the httpx transports, whose response objects own closing. ``timeouts`` and
+        ``max_response_bytes`` as for :meth:`request` (default: the client's).
         """
-        return await self._open(params, body, role, timeouts or self.timeouts)
+        return await self._open(params, body, role, timeouts or self.timeouts, max_response_bytes)
 
     def _limits(self, timeout: float | None, timeouts: Timeouts | None) -> Timeouts:
         base = timeouts or self.timeouts
@@ -464,8 +515,12 @@ class FastCGIClient:
         await self.aclose()
 
 
-async def _read_head(ex: Exchange, budget: Budget) -> StreamingResponse:
+async def _read_head(
+    ex: Exchange, budget: Budget, max_header_bytes: int, max_bytes: int | None
+) -> StreamingResponse:
+    """Read the CGI header block (at most ``max_header_bytes``); the body stays unread."""
     buffer = bytearray()
+    searched = 0
     while True:
         chunk = await ex.receive(budget)
         if not chunk:
@@ -475,20 +530,30 @@ async def _read_head(ex: Exchange, budget: Budget) -> StreamingResponse:
                 + (f" (stderr: {excerpt})" if excerpt else "")
             )
         buffer += chunk
-        found = find_header_end(buffer)
-        if found is not None:
-            head_end, body_start = found
-            status, reason, headers = parse_head(bytes(buffer[:head_end]))
-            return StreamingResponse(
-                status_code=status,
-                reason=reason,
-                headers=headers,
-                _exchange=ex,
-                _first=bytes(buffer[body_start:]),
-                _budget=budget,
+        # Search only the new bytes (and the 3 before them, where a blank line may start):
+        # a server sending its head one byte per record must not cost quadratic time.
+        found = find_header_end(buffer, searched)
+        searched = max(0, len(buffer) - 3)
+        head_end = len(buffer) if found is None else found[0]
+        if head_end > max_header_bytes:
+            raise ResponseTooLarge(
+                f"{ex.conn.address}: response header block exceeds max_header_bytes"
+                f" ({max_header_bytes} bytes)",
+                "head",
+                max_header_bytes,
             )
-        if len(buffer) > MAX_HEADER_BLOCK_BYTES:
-            raise ProtocolError(f"response header block exceeds {MAX_HEADER_BLOCK_BYTES} bytes")
+        if found is None:
+            continue
+        status, reason, headers = parse_head(bytes(buffer[:head_end]))
+        return StreamingResponse(
+            status_code=status,
+            reason=reason,
+            headers=headers,
+            _exchange=ex,
+            _first=bytes(buffer[found[1] :]),
+            _budget=budget,
+            _max_bytes=max_bytes,
+        )
 
 
 def _retryable(exc: BaseException, ex: Exchange) -> bool:
@@ -594,4 +659,13 @@ async def get_values(
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in values.items()}
 
 
-__all__ = ["Body", "FastCGIClient", "FastCGIError", "Params", "get_values", "query_values"]
+__all__ = [
+    "USE_CLIENT_DEFAULT",
+    "Body",
+    "FastCGIClient",
+    "FastCGIError",
+    "MaxBytes",
+    "Params",
+    "get_values",
+    "query_values",
+]

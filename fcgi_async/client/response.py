@@ -8,21 +8,30 @@ other header is kept in order, repeats included (several ``Set-Cookie``).
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Final
 
-from .errors import ProtocolError
+from .errors import ProtocolError, ResponseTooLarge
 
 if TYPE_CHECKING:
     from .connection import Exchange
     from .timeouts import Budget
 
-#: Bytes a header block may take before the response is refused as malformed. nginx reads the
+#: Bytes a CGI header block may take (the client's ``max_header_bytes`` default); a larger one,
+#: or one that never ends with a blank line, raises :class:`ResponseTooLarge`. nginx reads the
 #: header into ``fastcgi_buffer_size`` (4-8 KiB by default); 64 KiB forgives large cookies.
 MAX_HEADER_BLOCK_BYTES: Final = 64 * 1024
+#: Body bytes :meth:`StreamingResponse.aread` and ``FastCGIClient.request`` buffer for one
+#: response (the client's ``max_response_bytes`` default), and STDERR bytes one response may
+#: send. Far above any page or API answer worth holding in memory whole, yet a hostile or
+#: broken server streaming forever costs at most this much (twice, briefly, while the chunks
+#: are joined) per request instead of all the machine's memory. Larger downloads stream with
+#: ``aiter_bytes()``, which is not capped.
+DEFAULT_MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024
 
 _TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _HEADER_END: Final = re.compile(rb"\r?\n\r?\n")
@@ -31,16 +40,18 @@ Headers = list[tuple[str, str]]
 """Response headers in order as ``(name, value)``, latin-1 decoded, names as sent."""
 
 
-def find_header_end(buffer: bytes | bytearray) -> tuple[int, int] | None:
+def find_header_end(buffer: bytes | bytearray, start: int = 0) -> tuple[int, int] | None:
     """Return ``(end of headers, start of body)`` in ``buffer``, or ``None`` if incomplete.
 
-    A body-less header block may also start with a blank line (no headers at all).
+    A body-less header block may also start with a blank line (no headers at all). ``start``
+    skips bytes already searched (pass at most 3 before the new bytes, so a blank line split
+    across two reads is still found).
     """
     if buffer.startswith(b"\r\n"):
         return 0, 2
     if buffer.startswith(b"\n"):
         return 0, 1
-    m = _HEADER_END.search(buffer)
+    m = _HEADER_END.search(buffer, start)
     return None if m is None else (m.start(), m.end())
 
 
@@ -140,6 +151,9 @@ class StreamingResponse(_HeaderAccess):
     Unread body bytes are buffered up to 1 MiB; past that the connection stops reading, which
     holds back the server and, on a multiplexed connection, the other requests sharing it.
 
+    :meth:`aiter_bytes` is not size-capped (the caller consumes the body as it goes, so memory
+    stays bounded); :meth:`aread` buffers at most ``max_response_bytes`` (the request's limit).
+
     Attributes:
         status_code: the HTTP status.
         reason: the reason phrase.
@@ -153,6 +167,7 @@ class StreamingResponse(_HeaderAccess):
     _first: bytes = field(repr=False, default=b"")
     _budget: Budget | None = field(repr=False, default=None)
     _consumed: bool = field(repr=False, default=False)
+    _max_bytes: int | None = field(repr=False, default=None)
 
     @property
     def stderr(self) -> bytes:
@@ -169,7 +184,7 @@ class StreamingResponse(_HeaderAccess):
         """True once the body was read to its end or the response was closed."""
         return self._consumed
 
-    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+    async def aiter_bytes(self) -> AsyncGenerator[bytes, None]:
         """Yield the body in the chunks it arrived in.
 
         Raises:
@@ -192,8 +207,33 @@ class StreamingResponse(_HeaderAccess):
             self._exchange.close()
 
     async def aread(self) -> bytes:
-        """Read and return the whole remaining body."""
-        return b"".join([chunk async for chunk in self.aiter_bytes()])
+        """Read and return the whole remaining body, at most ``max_response_bytes`` of it.
+
+        Never buffers more than the limit: the chunk that would pass it is dropped.
+
+        Raises:
+            ResponseTooLarge: the body passed the limit (``part == "body"``); the response is
+                closed and the request aborted.
+            FastCGIError: the exchange failed (the response is then closed).
+            RuntimeError: the body was already consumed.
+        """
+        limit = self._max_bytes
+        chunks: list[bytes] = []
+        size = 0
+        # aclosing: leaving early closes the response (aborting the request) now, not whenever
+        # the generator is collected.
+        async with contextlib.aclosing(self.aiter_bytes()) as body:
+            async for chunk in body:
+                size += len(chunk)
+                if limit is not None and size > limit:
+                    raise ResponseTooLarge(
+                        f"{self._exchange.conn.address}: response body exceeds"
+                        f" max_response_bytes ({limit} bytes)",
+                        "body",
+                        limit,
+                    )
+                chunks.append(chunk)
+        return b"".join(chunks)
 
     async def aclose(self) -> None:
         """Close the response; if its body is unread, the request is aborted."""

@@ -13,27 +13,49 @@ from .errors import Timeout
 #: Seconds to wait for a TCP or unix-socket connect. A local php-fpm accepts in microseconds;
 #: a full listen queue makes connect hang, and five seconds says "down" to a health check.
 DEFAULT_CONNECT_TIMEOUT_S: Final = 5.0
+#: Seconds of silence allowed while waiting for the next response bytes (inactivity, not the
+#: whole body). nginx's ``fastcgi_read_timeout`` default: a FastCGI backend may legitimately
+#: think for a while before its first byte (a report, a slow query), but a server that accepts
+#: and never answers must not hold the caller forever.
+DEFAULT_READ_TIMEOUT_S: Final = 60.0
+#: Seconds allowed for the server to accept the next request-body bytes (flow control).
+#: nginx's ``fastcgi_send_timeout`` default, for the same reason as the read timeout.
+DEFAULT_WRITE_TIMEOUT_S: Final = 60.0
+#: Seconds for the whole exchange, from the call to the end of the response (streamed bodies
+#: included). Five read timeouts: above php-fpm's usual ``request_terminate_timeout`` (30-60 s)
+#: and ``max_execution_time``, so a working backend never hits it, while a server that trickles
+#: one byte a minute cannot hold a request forever. Long downloads or event streams pass
+#: ``total=None`` (or a larger value) explicitly.
+DEFAULT_TOTAL_TIMEOUT_S: Final = 300.0
 
 Phase = Literal["connect", "pool", "read", "write"]
 
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
-    """Time limits in seconds; ``None`` means no limit.
+    """Time limits in seconds; ``None`` means no limit (only when passed explicitly).
+
+    Every limit that expires raises :class:`~fcgi_async.client.Timeout` (its ``phase`` names
+    which) and aborts the request. The defaults (``Timeouts()``) are bounded on purpose, so a
+    server that accepts and never answers cannot hang the caller.
 
     Attributes:
-        connect: opening a connection.
-        pool: waiting for a free connection when ``max_connections`` are busy.
-        read: each wait for the next bytes of the response (inactivity, not the whole body).
-        write: each wait for the server to accept request bytes (flow control).
-        total: the whole exchange, from the call until the end of the response.
+        connect: opening a connection (:data:`DEFAULT_CONNECT_TIMEOUT_S`, 5 s).
+        pool: waiting for a free connection when ``max_connections`` are busy (no limit of its
+            own by default; the total deadline bounds it).
+        read: each wait for the next bytes of the response: inactivity, not the whole body
+            (:data:`DEFAULT_READ_TIMEOUT_S`, 60 s).
+        write: each wait for the server to accept request bytes: flow control
+            (:data:`DEFAULT_WRITE_TIMEOUT_S`, 60 s).
+        total: the whole exchange, from the call until the end of the response, a streamed
+            body included (:data:`DEFAULT_TOTAL_TIMEOUT_S`, 300 s).
     """
 
     connect: float | None = DEFAULT_CONNECT_TIMEOUT_S
     pool: float | None = None
-    read: float | None = None
-    write: float | None = None
-    total: float | None = None
+    read: float | None = DEFAULT_READ_TIMEOUT_S
+    write: float | None = DEFAULT_WRITE_TIMEOUT_S
+    total: float | None = DEFAULT_TOTAL_TIMEOUT_S
 
 
 class Budget:

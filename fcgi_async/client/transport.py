@@ -31,6 +31,7 @@ from .errors import (
     PoolClosed,
     ProtocolError,
     RequestRejected,
+    ResponseTooLarge,
     Timeout,
 )
 from .params import DEFAULT_SPLIT_PATH_INFO, build_params
@@ -55,7 +56,8 @@ def map_error(exc: FastCGIError, request: httpx.Request) -> httpx.TransportError
         return httpx.ConnectError(msg, request=request)
     if isinstance(exc, ConnectionLost):
         return httpx.ReadError(msg, request=request)
-    if isinstance(exc, ProtocolError | RequestRejected):
+    # A response past a size limit is the server's fault, like h11's "header too large".
+    if isinstance(exc, ProtocolError | RequestRejected | ResponseTooLarge):
         return httpx.RemoteProtocolError(msg, request=request)
     if isinstance(exc, PoolClosed):
         return httpx.TransportError(msg, request=request)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,14 +18,16 @@ from fcgi_async.client.cli import (
     EXIT_LOCAL,
     EXIT_OK,
     EXIT_TIMEOUT,
+    EXIT_TOO_LARGE,
     EXIT_USAGE,
     _parser,
+    _size,
     main,
 )
 from fcgi_async.types import Request
 
 from .conftest import read_body, serve
-from .fakes import fake_server
+from .fakes import fake_server, flood_server
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -150,7 +153,15 @@ def test_help_explains_every_option_and_exit_status(capsys: pytest.CaptureFixtur
         assert len(action.help or "") > 10, action.option_strings or action.dest
     assert main(["--help"]) == EXIT_OK
     text = " ".join(capsys.readouterr().out.split())
-    for option in ("--get-values", "--data-file FILE", "-p NAME=VALUE", "--timeout S", "--no-fail"):
+    for option in (
+        "--get-values",
+        "--data-file FILE",
+        "-p NAME=VALUE",
+        "--timeout S",
+        "--no-fail",
+        "--read-timeout S",
+        "--max-filesize BYTES",
+    ):
         assert option in text
     for code, meaning in [
         (EXIT_OK, "ok"),
@@ -160,5 +171,39 @@ def test_help_explains_every_option_and_exit_status(capsys: pytest.CaptureFixtur
         (EXIT_FASTCGI, "FastCGI error"),
         (EXIT_HTTP, "HTTP status >= 400"),
         (EXIT_TIMEOUT, "timeout"),
+        (EXIT_TOO_LARGE, "response too large"),
     ]:
         assert f"{code} {meaning}" in text
+
+
+async def test_read_timeout_ends_a_silent_request_early(
+    capsysbinary: pytest.CaptureFixture[bytes],
+) -> None:
+    """--read-timeout stops a request the server never answers, well before --timeout."""
+    async with serve(app) as (_, address, _app):
+        started = time.monotonic()
+        assert await call([address, "/slow", "--read-timeout", "0.3"]) == EXIT_TIMEOUT
+        assert time.monotonic() - started < 20  # --timeout is 30 s
+        assert b"read timeout" in capsysbinary.readouterr().err
+
+
+async def test_max_filesize_aborts_a_large_body(capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    """Past --max-filesize the request is aborted with exit status 63 (curl's); the body up to
+    the limit was written; without the flag the body streams whole."""
+    async with flood_server(limit=64 * 1024 * 1024) as server:
+        assert await call([server.address, "/flood", "--max-filesize", "1M"]) == EXIT_TOO_LARGE
+        out = capsysbinary.readouterr()
+        assert len(out.out) <= 1024 * 1024
+        assert b"--max-filesize" in out.err
+        async with asyncio.timeout(10):
+            await server.closed.wait()
+        assert not server.exhausted.is_set()
+    async with flood_server(limit=4 * 1024 * 1024) as server:
+        assert await call([server.address, "/flood"]) == EXIT_OK
+        assert len(capsysbinary.readouterr().out) >= 4 * 1024 * 1024 - 100
+
+
+def test_sizes_take_binary_suffixes() -> None:
+    assert [_size(t) for t in ("10", "2k", "1M", "1G")] == [10, 2048, 1024**2, 1024**3]
+    for bad in ("0", "x", "1Q", "", "-1", "1.5M"):
+        assert main(["127.0.0.1:9", "/", "--max-filesize", bad]) == EXIT_USAGE
