@@ -12,17 +12,21 @@ from pathlib import Path
 import pytest
 
 from fcgi_async.cli import build_parser, main, resolve_settings
-from fcgi_async.config import GROUPS, MAX_SECONDS, Config, ConfigError
+from fcgi_async.config import GROUPS, MAX_SECONDS, Config, ConfigError, write_readme_table
 from fcgi_async.configfile import ConfigFileError
 from fcgi_async.settings import (
+    README_BEGIN,
+    README_END,
     Declared,
     Group,
     declarations,
     options_table,
     settable,
     setting,
+    splice_readme,
 )
 
+ROOT = Path(__file__).resolve().parents[2]
 DECLARED = {d.name: d for d in declarations(Config)}
 #: The settings a user sets with a flag (all but the positional MODULE:ATTR).
 FLAGGED = [d for d in settable(Config) if d.flag is not None]
@@ -238,6 +242,37 @@ def test_variables_are_checked_against_the_choices(capsys: pytest.CaptureFixture
     assert main(["a:b"], environ={"FCGI_ASYNC_LOOP": "trio"}) == 2
     err = capsys.readouterr().err
     assert "environment variable FCGI_ASYNC_LOOP: 'trio' is not one of auto, asyncio, uvloop" in err
+
+
+# ------------------------------------------------------------------------- the README table
+
+
+def test_the_readme_table_is_the_declarations() -> None:
+    readme = (ROOT / "README.md").read_text()
+    table = options_table(Config)
+    assert splice_readme(readme, table) == readme, (
+        "README.md's option table differs from the declarations: run "
+        "`.venv/bin/python -m fcgi_async.config --readme README.md`"
+    )
+    for d in FLAGGED:
+        assert f"| `{d.flags[0]}`" in table
+        assert f"`{d.env}`" in table
+
+
+def test_splice_replaces_only_the_table() -> None:
+    text = f"before\n{README_BEGIN}\nold\n{README_END}\nafter\n"
+    new = splice_readme(text, f"{README_BEGIN}\nnew\n{README_END}")
+    assert new == f"before\n{README_BEGIN}\nnew\n{README_END}\nafter\n"
+    with pytest.raises(ValueError, match="option table markers"):
+        splice_readme("no markers here\n", "x")
+
+
+def test_the_table_is_rewritten_in_place(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{README_BEGIN}\nstale\n{README_END}\n## next\n")
+    assert write_readme_table(str(readme)) is True
+    assert readme.read_text() == f"# x\n{options_table(Config)}\n## next\n"
+    assert write_readme_table(str(readme)) is False
 
 
 def test_every_heading_has_settings() -> None:
