@@ -164,6 +164,7 @@ def _access_format(name: str, value: str) -> str | None:
 
 
 # ------------------------------------------------------------------------- --help's headings
+# Each setting names its heading; a new heading also goes into GROUPS.
 
 LISTENING = Group("listening")
 APPLICATION = Group("application")

@@ -22,7 +22,6 @@ import pytest
 
 from fcgi_async import __version__
 from fcgi_async.cli import config_from_args, main, parse_args
-from fcgi_async.config import Config
 from fcgi_async.importer import AppLoadError
 from fcgi_async.protocol import (
     NEED_DATA,
@@ -32,7 +31,6 @@ from fcgi_async.protocol import (
     StdoutReceived,
 )
 from fcgi_async.runner import loop_factory
-from fcgi_async.settings import Declared, settable
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 15.0
@@ -271,40 +269,6 @@ def test_flags_override_environment_over_defaults() -> None:
     assert config_from_args(parse_args(["app:app", "--no-multiplex"], {})).multiplex is False
     env_no_mpx = config_from_args(parse_args(["app:app"], {"FCGI_ASYNC_NO_MULTIPLEX": "yes"}))
     assert env_no_mpx.multiplex is False
-
-
-def _sample(d: Declared) -> tuple[str, list[str]]:
-    """A valid non-default value for a setting: (its environment form, its flag form)."""
-    flag = d.flags[0]
-    if d.setting.kind == "bool":
-        return "yes", [flag]
-    if d.setting.choices:
-        choice = next(c for c in reversed(d.setting.choices) if c != d.default)
-        return choice, [flag, choice]
-    special = {
-        "bind": "127.0.0.1:9123",
-        "socket_mode": "640",
-        "allowed_clients": "127.0.0.1,::1",
-        "roles": "responder",
-    }
-    by_kind = {"int": "7", "seconds": "2.5"}
-    raw = special.get(d.name) or by_kind.get(d.setting.kind, f"/value/of/{d.name}")
-    return raw, [flag, raw]
-
-
-# The positional MODULE:ATTR has no variable; --config needs a real file (read while parsing):
-# tests/ops/test_config.py sets it both ways.
-_ENV_SETTINGS = [d for d in settable(Config) if d.env is not None]
-
-
-@pytest.mark.parametrize("d", _ENV_SETTINGS, ids=[d.name for d in _ENV_SETTINGS])
-def test_every_option_is_also_an_environment_variable(d: Declared) -> None:
-    raw, flag = _sample(d)
-    assert d.env is not None
-    from_env = getattr(parse_args(["app:app"], {d.env: raw}).config(), d.name)
-    from_flag = getattr(parse_args(["app:app", *flag], {}).config(), d.name)
-    assert from_env == from_flag, d.env
-    assert from_env != getattr(parse_args(["app:app"], {}).config(), d.name), d.env
 
 
 def test_allowed_clients_from_flag_env_or_fcgi_web_server_addrs() -> None:
