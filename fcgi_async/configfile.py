@@ -13,7 +13,6 @@ this file > defaults.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import json
 import tomllib
@@ -23,9 +22,7 @@ from collections.abc import Mapping
 from typing import Any, Literal, get_args, get_origin
 
 from .config import Config, ConfigError
-
-#: Config fields that no file (nor flag) sets: internal hand-overs between the CLI and server.
-_NOT_SETTABLE = frozenset({"extra"})
+from .settings import Declared, parse_octal, settable
 
 #: Where a value came from, for ``--check-config``.
 Source = str
@@ -36,11 +33,14 @@ class ConfigFileError(ConfigError):
 
 
 def settable_fields() -> dict[str, Any]:
-    """Config field name -> its resolved type annotation, for every key a file may set."""
+    """Config field name -> its resolved type annotation, for every key a file may set (the
+    declared settings; derived fields such as ``bind_explicit`` are not keys)."""
     hints = typing.get_type_hints(Config)
-    return {
-        f.name: hints[f.name] for f in dataclasses.fields(Config) if f.name not in _NOT_SETTABLE
-    }
+    return {d.name: hints[d.name] for d in settable(Config)}
+
+
+#: Config field -> its declaration, for every key a file may set.
+_DECLARED: dict[str, Declared] = {d.name: d for d in settable(Config)}
 
 
 def _describe(hint: Any) -> str:
@@ -99,15 +99,17 @@ def _coerce(hint: Any, value: object) -> tuple[bool, object]:
     return True, value  # a type this checker does not know: Config validates it
 
 
-def _special(key: str, value: object) -> object:
-    """Spellings a file may use beyond the annotation: ``socket_mode = "660"`` (octal text,
-    as the flag takes it) and numeric ids as integers for ``socket_owner``/``socket_group``."""
-    if key == "socket_mode" and isinstance(value, str):
+def _special(declared: Declared, value: object) -> object:
+    """Spellings a file may use beyond the annotation: an ``octal`` setting as text, as the
+    flag takes it (``socket_mode = "660"``), and an ``id`` setting as an integer
+    (``socket_group = 33``)."""
+    kind = declared.setting.kind
+    if kind == "octal" and isinstance(value, str):
         try:
-            return int(value, 8)
+            return parse_octal(value)
         except ValueError:
             return value
-    if key in ("socket_owner", "socket_group") and type(value) is int:
+    if kind == "id" and type(value) is int:
         return str(value)
     return value
 
@@ -132,13 +134,20 @@ def parse_config_values(values: Mapping[str, object], path: str) -> dict[str, ob
             if close:
                 hint = f" (did you mean {close[0]!r}?)"
             raise ConfigFileError(f"config file {path}: unknown key {key!r}{hint}")
-        value = _special(key, raw)
+        declared = _DECLARED[key]
+        value = _special(declared, raw)
         ok, coerced = _coerce(fields[key], value)
         if not ok:
             expected = _describe(fields[key])
-            if key == "socket_mode":
+            if declared.setting.kind == "octal":
                 expected = 'an octal mode such as 0o660 or "660"'
             raise ConfigFileError(f"config file {path}: {key} must be {expected}, got {_got(raw)}")
+        choices = declared.setting.choices
+        if choices and coerced not in choices:
+            # Fields typed str with a fixed set of values (log_level); Literal-typed ones
+            # were refused above, with the same list.
+            listed = ", ".join(map(repr, choices))
+            raise ConfigFileError(f"config file {path}: {key} must be one of {listed}")
         result[key] = coerced
     return result
 
@@ -159,20 +168,6 @@ def load_config_file(path: str) -> dict[str, object]:
     return parse_config_values(values, path)
 
 
-def _toml_value(key: str, value: object) -> str:
-    if key == "socket_mode" and isinstance(value, int):
-        return f"0o{value:03o}"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, tuple | list):
-        return "[" + ", ".join(_toml_value(key, v) for v in value) + "]"
-    return json.dumps(str(value))
-
-
 def format_config(config: Config, sources: Mapping[str, Source]) -> str:
     """The effective configuration as TOML a ``--config`` file accepts, each value followed by
     a comment saying where it came from (``flag``, ``env NAME``, ``file``, ``default``).
@@ -180,11 +175,12 @@ def format_config(config: Config, sources: Mapping[str, Source]) -> str:
     Settings without a value (None: not set) are printed commented out.
     """
     lines = []
-    for key in settable_fields():
+    for declared in settable(Config):
+        key = declared.name
         value = getattr(config, key)
         source = sources.get(key, "default")
-        if value is None or (key == "app" and not value):
+        if value is None or (declared.setting.positional and not value):
             lines.append(f"# {key} is not set  # {source}")
         else:
-            lines.append(f"{key} = {_toml_value(key, value)}  # {source}")
+            lines.append(f"{key} = {declared.toml(value)}  # {source}")
     return "\n".join(lines) + "\n"

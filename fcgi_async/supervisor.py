@@ -113,7 +113,7 @@ def bind_listeners(config: Config, inherited: Sequence[socket.socket] = ()) -> l
     Raises:
         BindError: an address is malformed or cannot be bound; nothing stays bound.
     """
-    explicit = config.extra.get("bind_explicit", True)
+    explicit = config.bind_explicit
     if inherited and not explicit:
         return list(inherited)
     if not explicit:

@@ -209,7 +209,7 @@ class Server:
         if self._given_sockets is not None:
             return self._given_sockets
         self._owns_sockets = True
-        explicit = self.config.extra.get("bind_explicit", True)
+        explicit = self.config.bind_explicit
         if self._inherited and not explicit:
             return list(self._inherited)
         if not explicit:

@@ -8,7 +8,6 @@ waits for readiness by polling ``connect()`` with a deadline, and stops it with 
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import socket
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from fcgi_async import __version__
-from fcgi_async.cli import build_parser, config_from_args, main, parse_args
+from fcgi_async.cli import config_from_args, main, parse_args
 from fcgi_async.importer import AppLoadError
 from fcgi_async.protocol import (
     NEED_DATA,
@@ -258,7 +257,7 @@ def test_flags_override_environment_over_defaults() -> None:
     from_env = config_from_args(parse_args(["app:app"], env))
     assert from_env.bind == ("unix:/run/a.sock", "127.0.0.1:9001")
     assert from_env.threads == 4
-    assert from_env.extra["bind_explicit"] is True
+    assert from_env.bind_explicit is True
     flagged = config_from_args(
         parse_args(["app:app", "--bind", "127.0.0.1:9002", "--threads", "2"], env)
     )
@@ -266,47 +265,10 @@ def test_flags_override_environment_over_defaults() -> None:
     assert flagged.threads == 2
     default = config_from_args(parse_args(["app:app"], {}))
     assert default.bind == ("127.0.0.1:9000",)
-    assert default.extra["bind_explicit"] is False
+    assert default.bind_explicit is False
     assert config_from_args(parse_args(["app:app", "--no-multiplex"], {})).multiplex is False
     env_no_mpx = config_from_args(parse_args(["app:app"], {"FCGI_ASYNC_NO_MULTIPLEX": "yes"}))
     assert env_no_mpx.multiplex is False
-
-
-def _sample(action: argparse.Action) -> tuple[str, list[str]]:
-    """A valid non-default value for an option: (its environment form, its flag form)."""
-    flag = next(o for o in action.option_strings if o.startswith("--"))
-    if action.nargs == 0:
-        return "yes", [flag]
-    if action.choices is not None:
-        choice = next(c for c in reversed(list(action.choices)) if c != action.default)
-        return str(choice), [flag, str(choice)]
-    special = {
-        "bind": "127.0.0.1:9123",
-        "socket_mode": "640",
-        "allowed_clients": "127.0.0.1,::1",
-        "roles": "responder",
-    }
-    by_type = {int: "7", float: "2.5"}
-    raw = special.get(action.dest) or by_type.get(action.type, f"/value/of/{action.dest}")  # type: ignore[call-overload]
-    return raw, [flag, raw]
-
-
-# --config needs a real file (read while parsing): tests/ops/test_config.py sets it both ways.
-_ENV_ACTIONS = [
-    a
-    for a in build_parser()._actions
-    if a.dest not in ("help", "version", "app", "check_config", "config")
-]
-
-
-@pytest.mark.parametrize("action", _ENV_ACTIONS, ids=[a.dest for a in _ENV_ACTIONS])
-def test_every_option_is_also_an_environment_variable(action: argparse.Action) -> None:
-    raw, flag = _sample(action)
-    variable = "FCGI_ASYNC_" + action.dest.upper()
-    from_env = getattr(parse_args(["app:app"], {variable: raw}), action.dest)
-    from_flag = getattr(parse_args(["app:app", *flag], {}), action.dest)
-    assert from_env == from_flag, variable
-    assert from_env != getattr(parse_args(["app:app"], {}), action.dest), variable
 
 
 def test_allowed_clients_from_flag_env_or_fcgi_web_server_addrs() -> None:

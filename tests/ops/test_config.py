@@ -49,7 +49,7 @@ def test_the_file_sets_every_kind_of_value(conf: Path) -> None:
     config, sources = settings(["--config", str(conf)], {})
     assert config.app == "file_app:app"
     assert config.bind == ("unix:/run/file.sock", "127.0.0.1:9100")
-    assert config.extra["bind_explicit"] is True
+    assert config.bind_explicit is True
     assert config.max_connections == 500
     assert config.keepalive_timeout_s == 75.0
     assert config.threads == 4

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from fcgi_async.cli import _apply_env, build_parser, config_from_args
+from fcgi_async.cli import resolve_settings
 from fcgi_async.config import Config, ConfigError
 from fcgi_async.scoreboard import Scoreboard, WorkerState
 
 
 def parse(argv: list[str], environ: dict[str, str] | None = None) -> Config:
-    parser = build_parser()
-    _apply_env(parser, environ or {})
-    return config_from_args(parser.parse_args(["app:app", *argv]))
+    return resolve_settings(["app:app", *argv], environ or {}).config()
 
 
 def test_defaults_run_inline() -> None:
