@@ -30,6 +30,8 @@ from urllib.parse import parse_qs
 CHUNK = 64 * 1024
 MIB = 1024 * 1024
 MAX_WAIT_S = 20.0
+#: How long /error-after streams before it fails.
+FAIL_AFTER_S = 0.2
 PATTERN = bytes(range(256)) * (CHUNK // 256)
 
 Scope = dict[str, Any]
@@ -172,6 +174,11 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
             headers.append(nobuf)
         await _start(send, 200, headers)
         await _body(send, b"partial response\n" * 64, more=True)
+        # Fail a moment later, as an app failing mid-way does. A failure written in the same
+        # loop turn as the headers reaches the front in the same read; lighttpd has then sent
+        # nothing yet and buffers it like stream-response-body = 0 (a clean-looking 200), which
+        # made this test depend on the machine's load.
+        await asyncio.sleep(FAIL_AFTER_S)
         raise RuntimeError("boom after the response started")
     elif path == "/slow":
         _inflight += 1
