@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import importlib.util
 import io
 import logging
 import threading
@@ -35,6 +36,7 @@ from .conftest import PhpFpm
 pytestmark = pytest.mark.phpfpm
 
 LEGACY = Path(__file__).resolve().parent / "legacy_php"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "php_mount.py"
 UPLOAD = b"\x00binary upload\xff" * 5000
 
 
@@ -518,3 +520,27 @@ def test_wsgi_php_fpm_down_is_502(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     lines = error_lines(caplog)
     assert len(lines) == 1
     assert "none.sock" in lines[0]
+
+
+# ---------------------------------------------------------------------------------- example
+async def test_example_serves_php_under_legacy(
+    php_fpm: PhpFpm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PHP_FPM", php_fpm.address)
+    spec = importlib.util.spec_from_file_location("php_mount_example", EXAMPLE)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    transport = httpx.ASGITransport(app=module.app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
+            home = await http.get("/")
+            page = await http.get("/legacy/any/route")
+            posted = await http.post("/legacy/index.php", data={"name": "Ada"})
+    finally:
+        await module.legacy.aclose()
+    assert "Hello from Python" in home.text
+    assert page.status_code == 200
+    assert "you asked for /legacy/any/route." in page.text
+    assert "Hello, Ada, from PHP" in posted.text
