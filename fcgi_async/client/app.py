@@ -752,6 +752,9 @@ class FastCGIWSGIApp:
         return self._gateway.client
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._closed:
+            coro.close()  # never scheduled: close it rather than leave it un-awaited
+            raise RuntimeError("the FastCGIWSGIApp is closed")
         future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
             return future.result()
@@ -786,7 +789,8 @@ class FastCGIWSGIApp:
             if self._closed:
                 return
             self._closed = True
-        self._call(self._gateway.aclose())
+        future = asyncio.run_coroutine_threadsafe(self._gateway.aclose(), self._loop)
+        future.result()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5.0)
         self._loop.close()

@@ -544,3 +544,48 @@ async def test_example_serves_php_under_legacy(
     assert page.status_code == 200
     assert "you asked for /legacy/any/route." in page.text
     assert "Hello, Ada, from PHP" in posted.text
+
+
+def readme_snippet() -> str:
+    """The README's Python snippet for the proxy apps."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Mount a PHP application inside a Python app", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+async def test_readme_snippet_runs(php_fpm: PhpFpm) -> None:
+    code = readme_snippet().replace("unix:/run/php/php8.2-fpm.sock", php_fpm.address)
+    code = code.replace("/srv/legacy", str(LEGACY))
+    namespace: dict[str, Any] = {"__name__": "readme_snippet"}
+    exec(compile(code, "README.md", "exec"), namespace)
+    transport = httpx.ASGITransport(app=namespace["app"])
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
+            asgi = await http.get("/legacy/info.php/a")
+        client = namespace["flask_app"].test_client()
+        wsgi = await asyncio.to_thread(lambda: client.get("/legacy/x").get_json())
+    finally:
+        await namespace["legacy"].aclose()
+        wsgi_app = namespace["flask_app"].wsgi_app.mounts["/legacy"]
+        await asyncio.to_thread(wsgi_app.close)
+    assert asgi.json()["server"]["SCRIPT_NAME"] == "/legacy/info.php"
+    assert wsgi["script_name"] == "/legacy/index.php"
+
+
+def test_wsgi_body_after_close_fails_cleanly(php_fpm: PhpFpm) -> None:
+    legacy = FastCGIWSGIApp(php_fpm.address, document_root=str(LEGACY))
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/big.php",
+        "QUERY_STRING": "kib=256",
+        "wsgi.input": io.BytesIO(),
+    }
+    statuses: list[str] = []
+    try:
+        body = legacy(environ, lambda status, headers: statuses.append(status))
+    finally:
+        legacy.close()
+    assert statuses == ["200 OK"]
+    with pytest.raises(RuntimeError, match="FastCGIWSGIApp is closed"):
+        list(body)
+    body.close()  # type: ignore[attr-defined]  # still safe: a WSGI server always calls it
