@@ -29,7 +29,9 @@ Bodies: a request body with ``Content-Length`` is streamed to php-fpm as it arri
 ignores a body without CONTENT_LENGTH, so a body of unknown length (chunked) is read first, in
 memory up to :data:`SPOOL_MEMORY_BYTES` and then in a temporary file, and sent with its length,
 as nginx does; either kind beyond ``max_body_bytes`` is answered 413 without contacting php-fpm.
-The response body is streamed back chunk by chunk, never buffered whole.
+The response body is streamed back chunk by chunk, never buffered whole. A client that leaves
+mid-response aborts the request (ASGI: on ``http.disconnect``; WSGI: when the server closes the
+body iterable), so PHP does not run on for nobody.
 
 Answers: the CGI ``Status:`` header gives the status; ``Location:`` without ``Status:`` is a
 302 (a client redirect; no local redirects, as nginx); repeated headers such as ``Set-Cookie``
@@ -517,21 +519,45 @@ def _incoming_from_scope(scope: Scope) -> _Incoming:
     )
 
 
-async def _receive_chunks(receive: Receive) -> AsyncIterator[bytes]:
-    """The request body from ASGI ``http.request`` messages.
+class _BodyReader:
+    """The request body from ASGI ``http.request`` messages; knows when it was read whole."""
 
-    Raises:
-        _ClientGone: ``http.disconnect`` before the end of the body.
-    """
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _ClientGone
-        body: bytes = message.get("body", b"")
-        if body:
-            yield body
-        if not message.get("more_body", False):
-            return
+    __slots__ = ("done", "receive")
+
+    def __init__(self, receive: Receive) -> None:
+        self.receive = receive
+        self.done = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """Yield the body's chunks.
+
+        Raises:
+            _ClientGone: ``http.disconnect`` before the end of the body.
+        """
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            body: bytes = message.get("body", b"")
+            if body:
+                yield body
+            if not message.get("more_body", False):
+                self.done = True
+                return
+
+
+def _watch_disconnect(receive: Receive, on_disconnect: Callable[[], None]) -> asyncio.Task[None]:
+    """Call ``on_disconnect`` when the server reports ``http.disconnect`` (the body was read
+    whole, so nothing else awaits ``receive``)."""
+
+    async def watch() -> None:
+        # After the whole body, the next message can only be http.disconnect; anything else
+        # (a server breaking the spec) ends the watch rather than spin on it.
+        with contextlib.suppress(Exception):  # a server whose receive fails: stop watching
+            if (await receive())["type"] == "http.disconnect":
+                on_disconnect()
+
+    return asyncio.get_running_loop().create_task(watch())
 
 
 class FastCGIApp:
@@ -611,8 +637,9 @@ class FastCGIApp:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         inc = _incoming_from_scope(scope)
         gateway = self._gateway
+        reader = _BodyReader(receive)
         try:
-            reply = await gateway.handle(inc, _receive_chunks(receive))
+            reply = await gateway.handle(inc, reader.chunks())
         except _ClientGone:
             logger.debug("%s: the client left while sending its body", inc.show())
             return
@@ -622,18 +649,36 @@ class FastCGIApp:
             await send({"type": "http.response.body", "body": reply.body})
             return
         chunks = gateway.stream(inc, reply.response)
+        task = asyncio.current_task()
+        assert task is not None
+        left = False
+
+        def on_disconnect() -> None:
+            nonlocal left
+            left = True
+            task.cancel()
+
+        # A client that goes away mid-response aborts the request, as nginx does, instead of
+        # letting PHP run on for nobody. Watched only once the body was read whole: until
+        # then the body reader owns receive().
+        watcher = _watch_disconnect(receive, on_disconnect) if reader.done else None
         try:
             await send({"type": "http.response.start", "status": reply.status, "headers": headers})
             async for chunk in chunks:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except _ClientGone:
-            logger.debug("%s: the client left while sending its body", inc.show())
-            return
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not left:
+                raise
+            task.uncancel()
+            logger.debug("%s: the client left; request aborted", inc.show())
         finally:
-            # Closing early (the server's send failed, or we were cancelled) aborts the request.
+            if watcher is not None:
+                watcher.cancel()
+            # Closing early (the server's send failed, the client left, or we were cancelled)
+            # aborts the request.
             await chunks.aclose()
             await reply.response.aclose()
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -249,8 +249,15 @@ async def test_stderr_is_logged_bounded(
 async def test_response_is_streamed(php_fpm: PhpFpm, tmp_path: Path) -> None:
     legacy = FastCGIApp(php_fpm.address, document_root=str(LEGACY))
     messages: list[dict[str, Any]] = []
+    calls = 0
 
     async def receive() -> dict[str, Any]:
+        # Breaks the spec on purpose: http.request again after the whole body. The proxy
+        # must not spin on it; a loop is caught at 100 calls, then parked (it never yields).
+        nonlocal calls
+        calls += 1
+        if calls > 100:
+            await asyncio.Event().wait()
         return {"type": "http.request", "body": b"", "more_body": False}
 
     async def send(message: dict[str, Any]) -> None:
@@ -280,6 +287,47 @@ async def test_response_is_streamed(php_fpm: PhpFpm, tmp_path: Path) -> None:
     assert len(bodies) > 4  # chunk by chunk, not one buffered body
     assert all(m["more_body"] for m in bodies[:-1])
     assert bodies[-1]["more_body"] is False
+    assert calls == 2  # the body, then one look for a disconnect
+
+
+async def test_client_leaving_mid_response_aborts_the_request(
+    php_fpm: PhpFpm, caplog: pytest.LogCaptureFixture
+) -> None:
+    legacy = FastCGIApp(php_fpm.address, document_root=str(LEGACY))
+    gone = asyncio.Event()
+    sent: list[dict[str, Any]] = []
+    messages = [{"type": "http.request", "body": b"", "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if message.get("body"):
+            gone.set()  # the browser closes its tab after the first piece
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/drip.php",
+        "query_string": b"n=100&ms=100",
+        "headers": [],
+    }
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        async with asyncio.timeout(30):
+            await legacy(scope, receive, send)
+    finally:
+        await legacy.aclose()
+    # The script takes 10 s to finish; the proxy stopped at the disconnect.
+    assert loop.time() - started < 5.0
+    assert sent[0]["status"] == 200
+    assert all(m.get("more_body") for m in sent[1:])
+    assert error_lines(caplog) == []
 
 
 async def test_path_traversal_never_leaves_the_root(php_fpm: PhpFpm, tmp_path: Path) -> None:
