@@ -271,6 +271,8 @@ class _Gateway:
             client = FastCGIClient(address, **client_options)
             self.owns_client = True
         else:
+            if client_options:
+                raise TypeError(f"client options {sorted(client_options)} need no client=")
             self.owns_client = False
         self.client = client
         self.timeouts = timeouts or DEFAULT_APP_TIMEOUTS
@@ -725,9 +727,7 @@ def _incoming_from_environ(environ: Mapping[str, Any]) -> _Incoming:
     host = environ.get("HTTP_HOST")
     port = environ.get("SERVER_PORT", "")
     server = (environ.get("SERVER_NAME", "localhost"), int(port) if port.isdigit() else None)
-    server_name, server_port, server_addr = _server(
-        host.encode("latin-1") if host else None, scheme, server
-    )
+    server_name, server_port, _ = _server(host.encode("latin-1") if host else None, scheme, server)
     remote_port = environ.get("REMOTE_PORT", "")
     return _Incoming(
         method=environ.get("REQUEST_METHOD", "GET"),
@@ -738,7 +738,7 @@ def _incoming_from_environ(environ: Mapping[str, Any]) -> _Incoming:
         scheme=scheme,
         server_name=server_name,
         server_port=server_port,
-        server_addr=environ.get("SERVER_ADDR", server_addr),
+        server_addr=environ.get("SERVER_ADDR") or "127.0.0.1",
         remote_addr=environ.get("REMOTE_ADDR", ""),
         remote_port=int(remote_port) if str(remote_port).isdigit() else 0,
     )
