@@ -89,6 +89,8 @@ DEFAULT_APP_TIMEOUTS: Final = Timeouts(connect=5.0, pool=10.0, read=60.0, write=
 #: Largest request body accepted (413 beyond). PHP's own ``post_max_size`` defaults to 8 MiB;
 #: this bounds what the proxy holds or forwards before PHP gets to say no.
 DEFAULT_MAX_BODY_BYTES: Final = 64 * 1024 * 1024
+#: Ceiling of ``max_body_bytes``: a chunked body is spooled to the local disk whole first.
+MAX_BODY_BYTES_CEILING: Final = 64 * 1024**3
 #: A body of unknown length is kept in memory up to this many bytes, then in a temporary file.
 SPOOL_MEMORY_BYTES: Final = 1024 * 1024
 #: Bytes read from a WSGI input or a spooled body at a time.
@@ -262,8 +264,8 @@ class _Gateway:
             raise TypeError("FastCGIApp needs document_root, script_filename or both")
         if index is not None and ("/" in index or index in ("", ".", "..")):
             raise ValueError(f"index must be a file name, not {index!r}")
-        if max_body_bytes < 0:
-            raise ValueError("max_body_bytes must be >= 0")
+        if not 0 <= max_body_bytes <= MAX_BODY_BYTES_CEILING:
+            raise ValueError(f"max_body_bytes must be 0 to {MAX_BODY_BYTES_CEILING}")
         if client is None:
             if address is None:
                 raise TypeError("FastCGIApp needs an address or a client")
@@ -580,7 +582,7 @@ class FastCGIApp:
         params: params added to (or, with ``None``, removed from) every request.
         timeouts: time limits of each request (default :data:`DEFAULT_APP_TIMEOUTS`).
         max_body_bytes: largest request body; larger ones get 413 (default
-            :data:`DEFAULT_MAX_BODY_BYTES`).
+            :data:`DEFAULT_MAX_BODY_BYTES`, at most :data:`MAX_BODY_BYTES_CEILING`).
         client: an existing :class:`FastCGIClient` to send through (not closed by the app);
             it must belong to the event loop the app serves in.
         **client_options: passed to :class:`FastCGIClient` when ``client`` is not given

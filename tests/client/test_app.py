@@ -471,6 +471,8 @@ def test_configuration_errors() -> None:
         FastCGIApp("127.0.0.1:9000", document_root="/srv", split_path=r"^(.+\.php)$")
     with pytest.raises(ValueError, match="max_body_bytes"):
         FastCGIApp("127.0.0.1:9000", document_root="/srv", max_body_bytes=-1)
+    with pytest.raises(ValueError, match="max_body_bytes"):
+        FastCGIApp("127.0.0.1:9000", document_root="/srv", max_body_bytes=2**40 * 64)
     with pytest.raises(TypeError, match="address"):
         FastCGIApp(document_root="/srv")
     with pytest.raises(TypeError, match="client"):
