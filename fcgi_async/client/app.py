@@ -28,7 +28,9 @@ Paths, as nginx's ``try_files $uri /index.php`` with ``fastcgi_split_path_info``
 Bodies: a request body with ``Content-Length`` is streamed to php-fpm as it arrives. php-fpm
 ignores a body without CONTENT_LENGTH, so a body of unknown length (chunked) is read first, in
 memory up to :data:`SPOOL_MEMORY_BYTES` and then in a temporary file, and sent with its length,
-as nginx does; either kind beyond ``max_body_bytes`` is answered 413 without contacting php-fpm.
+as nginx does; either kind beyond ``max_body_bytes`` is answered 413 without contacting php-fpm,
+and a body that pauses for longer than ``body_timeout`` is answered 408 (a trickling client must
+not hold a php-fpm worker for ever).
 The response body is streamed back chunk by chunk, never buffered whole. A client that leaves
 mid-response aborts the request (ASGI: on ``http.disconnect``; WSGI: when the server closes the
 body iterable), so PHP does not run on for nobody.
@@ -89,6 +91,12 @@ DEFAULT_APP_TIMEOUTS: Final = Timeouts(connect=5.0, pool=10.0, read=60.0, write=
 #: Largest request body accepted (413 beyond). PHP's own ``post_max_size`` defaults to 8 MiB;
 #: this bounds what the proxy holds or forwards before PHP gets to say no.
 DEFAULT_MAX_BODY_BYTES: Final = 64 * 1024 * 1024
+#: Seconds an ASGI request body may pause between two chunks (nginx's ``client_body_timeout``):
+#: a streamed body holds a php-fpm worker while it trickles in, so a stalled client must not
+#: hold it for ever. Beyond it: 408. A WSGI server bounds ``wsgi.input`` with its own timeout.
+DEFAULT_BODY_TIMEOUT_S: Final = 60.0
+#: Ceiling of ``body_timeout`` (a week, like every time setting of the server).
+MAX_BODY_TIMEOUT_S: Final = 7 * 24 * 3600.0
 #: Ceiling of ``max_body_bytes``: a chunked body is spooled to the local disk whole first.
 MAX_BODY_BYTES_CEILING: Final = 64 * 1024**3
 #: A body of unknown length is kept in memory up to this many bytes, then in a temporary file.
@@ -125,6 +133,10 @@ T = TypeVar("T")
 
 class _ClientGone(Exception):
     """The HTTP client disconnected (or sent less than announced) while its body was read."""
+
+
+class _BodyTimeout(Exception):
+    """The client paused its request body for longer than ``body_timeout``."""
 
 
 class _TooLarge(Exception):
@@ -257,6 +269,7 @@ class _Gateway:
         params: Mapping[str, str | bytes | None] | None,
         timeouts: Timeouts | None,
         max_body_bytes: int,
+        body_timeout: float,
         client: FastCGIClient | None,
         client_options: dict[str, Any],
     ) -> None:
@@ -266,6 +279,8 @@ class _Gateway:
             raise ValueError(f"index must be a file name, not {index!r}")
         if not 0 <= max_body_bytes <= MAX_BODY_BYTES_CEILING:
             raise ValueError(f"max_body_bytes must be 0 to {MAX_BODY_BYTES_CEILING}")
+        if not 0 < body_timeout <= MAX_BODY_TIMEOUT_S:  # also refuses NaN
+            raise ValueError(f"body_timeout must be > 0 and <= {MAX_BODY_TIMEOUT_S:g} s")
         if client is None:
             if address is None:
                 raise TypeError("FastCGIApp needs an address or a client")
@@ -279,6 +294,7 @@ class _Gateway:
         self.client = client
         self.timeouts = timeouts or DEFAULT_APP_TIMEOUTS
         self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout
         self.extra = dict(params or {})
         root = document_root
         if root is None:
@@ -380,6 +396,16 @@ class _Gateway:
         finally:
             if spool is not None:
                 spool.close()
+
+    def body_timed_out(self, inc: _Incoming) -> _Reply:
+        """The 408 answer to a body that stalled (logged once)."""
+        logger.warning(
+            "%s: %s -> 408: the request body paused for more than body_timeout=%g s",
+            self.client.address,
+            inc.show(),
+            self.body_timeout,
+        )
+        return _simple(408)
 
     def _too_large(self, inc: _Incoming) -> _Reply:
         logger.warning(
@@ -526,10 +552,11 @@ def _incoming_from_scope(scope: Scope) -> _Incoming:
 class _BodyReader:
     """The request body from ASGI ``http.request`` messages; knows when it was read whole."""
 
-    __slots__ = ("done", "receive")
+    __slots__ = ("done", "receive", "timeout")
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, timeout: float) -> None:
         self.receive = receive
+        self.timeout = timeout
         self.done = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -537,9 +564,14 @@ class _BodyReader:
 
         Raises:
             _ClientGone: ``http.disconnect`` before the end of the body.
+            _BodyTimeout: no message for ``timeout`` seconds.
         """
         while True:
-            message = await self.receive()
+            try:
+                async with asyncio.timeout(self.timeout):
+                    message = await self.receive()
+            except TimeoutError:
+                raise _BodyTimeout from None
             if message["type"] == "http.disconnect":
                 raise _ClientGone
             body: bytes = message.get("body", b"")
@@ -583,6 +615,8 @@ class FastCGIApp:
         timeouts: time limits of each request (default :data:`DEFAULT_APP_TIMEOUTS`).
         max_body_bytes: largest request body; larger ones get 413 (default
             :data:`DEFAULT_MAX_BODY_BYTES`, at most :data:`MAX_BODY_BYTES_CEILING`).
+        body_timeout: seconds the request body may pause between chunks; then 408 (default
+            :data:`DEFAULT_BODY_TIMEOUT_S`; ASGI only, a WSGI server bounds its input itself).
         client: an existing :class:`FastCGIClient` to send through (not closed by the app);
             it must belong to the event loop the app serves in.
         **client_options: passed to :class:`FastCGIClient` when ``client`` is not given
@@ -605,6 +639,7 @@ class FastCGIApp:
         params: Mapping[str, str | bytes | None] | None = None,
         timeouts: Timeouts | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT_S,
         client: FastCGIClient | None = None,
         **client_options: Any,
     ) -> None:
@@ -617,6 +652,7 @@ class FastCGIApp:
             params=params,
             timeouts=timeouts,
             max_body_bytes=max_body_bytes,
+            body_timeout=body_timeout,
             client=client,
             client_options=client_options,
         )
@@ -641,12 +677,14 @@ class FastCGIApp:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         inc = _incoming_from_scope(scope)
         gateway = self._gateway
-        reader = _BodyReader(receive)
+        reader = _BodyReader(receive, gateway.body_timeout)
         try:
             reply = await gateway.handle(inc, reader.chunks())
         except _ClientGone:
             logger.debug("%s: the client left while sending its body", inc.show())
             return
+        except _BodyTimeout:
+            reply = gateway.body_timed_out(inc)
         headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
         if reply.response is None:
             await send({"type": "http.response.start", "status": reply.status, "headers": headers})

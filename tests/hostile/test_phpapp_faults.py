@@ -277,3 +277,44 @@ async def test_client_gone_mid_body_aborts_quietly(caplog: pytest.LogCaptureFixt
             await app.aclose()
     assert sent == []
     assert error_lines(caplog) == []
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+async def test_stalled_body_is_408(declared: bool, caplog: pytest.LogCaptureFixture) -> None:
+    # The client sends a first piece of its body, then nothing: the proxy gives up after
+    # body_timeout (and the php-fpm request, already started for a declared length, is aborted).
+    first = True
+
+    async def receive() -> dict[str, Any]:
+        nonlocal first
+        if first:
+            first = False
+            return {"type": "http.request", "body": b"a" * 10, "more_body": True}
+        await asyncio.Event().wait()  # a client that stalls
+        raise AssertionError("unreachable")
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    headers = [(b"content-length", b"1000")] if declared else [(b"transfer-encoding", b"chunked")]
+    async with fake_server() as server:
+        app = app_for(server.address, body_timeout=0.3)
+        scope = {"type": "http", "method": "POST", "path": "/p", "headers": headers}
+        try:
+            async with asyncio.timeout(BOUND_S):
+                await app(scope, receive, send)
+        finally:
+            await app.aclose()
+    assert sent[0]["status"] == 408
+    lines = [r.getMessage() for r in caplog.records if r.name == "fcgi_async.client"]
+    assert len(lines) == 1
+    assert "body_timeout=0.3 s" in lines[0]
+    assert server.requests == (1 if declared else 0)  # chunked: php-fpm never contacted
+
+
+@pytest.mark.parametrize("value", [0, -1, float("nan"), float("inf"), 8 * 24 * 3600.0])
+def test_body_timeout_is_bounded(value: float) -> None:
+    with pytest.raises(ValueError, match="body_timeout"):
+        FastCGIApp("127.0.0.1:9000", script_filename=SCRIPT, body_timeout=value)
