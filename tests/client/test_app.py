@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import importlib.util
 import io
+import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -330,6 +331,16 @@ async def test_client_leaving_mid_response_aborts_the_request(
     assert error_lines(caplog) == []
 
 
+async def test_concurrent_requests_keep_their_answers(php_fpm: PhpFpm, tmp_path: Path) -> None:
+    async with starlette_client(php_fpm, tmp_path) as (http, _):
+        async with asyncio.timeout(60):
+            answers = await asyncio.gather(
+                *(http.post(f"/legacy/info.php?i={i}", content=b"x" * i) for i in range(12))
+            )
+    assert [r.json()["get"]["i"] for r in answers] == [str(i) for i in range(12)]
+    assert [r.json()["input_length"] for r in answers] == list(range(12))
+
+
 async def test_path_traversal_never_leaves_the_root(php_fpm: PhpFpm, tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     root = tmp_path / "site"
@@ -639,3 +650,34 @@ def test_wsgi_body_after_close_fails_cleanly(php_fpm: PhpFpm) -> None:
     with pytest.raises(RuntimeError, match="FastCGIWSGIApp is closed"):
         list(body)
     body.close()  # type: ignore[attr-defined]  # still safe: a WSGI server always calls it
+
+
+def test_wsgi_app_is_shared_by_server_threads(php_fpm: PhpFpm) -> None:
+    legacy = FastCGIWSGIApp(php_fpm.address, document_root=str(LEGACY))
+    results: dict[int, bytes] = {}
+
+    def worker(i: int) -> None:
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "SCRIPT_NAME": "/legacy",
+            "PATH_INFO": "/info.php",
+            "QUERY_STRING": f"i={i}",
+            "wsgi.input": io.BytesIO(),
+        }
+        body = legacy(environ, lambda status, headers: None)
+        try:
+            results[i] = b"".join(body)
+        finally:
+            body.close()  # type: ignore[attr-defined]
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        legacy.close()
+    assert sorted(results) == list(range(8))
+    for i, body in results.items():
+        assert json.loads(body)["get"] == {"i": str(i)}
