@@ -172,6 +172,14 @@ class _Reply:
     headers: list[tuple[str, str]]
     response: StreamingResponse | None = None
     body: bytes = b""
+    #: The spooled request body, which the exchange may still be reading: released (its
+    #: temporary file deleted) only once the response is over.
+    spool: _SpooledBody | None = None
+
+    def release(self) -> None:
+        """Delete the spooled body's temporary file, if any (idempotent)."""
+        if self.spool is not None:
+            self.spool.close()
 
 
 def _simple(status: int, text: str | None = None) -> _Reply:
@@ -246,7 +254,8 @@ class _SpooledBody:
 
     @staticmethod
     async def _chunks(file: IO[bytes]) -> AsyncIterator[bytes]:
-        while chunk := file.read(BODY_CHUNK_BYTES):
+        # Ends quietly when the file was released (the exchange is over or was aborted).
+        while not file.closed and (chunk := file.read(BODY_CHUNK_BYTES)):
             yield chunk
 
     def close(self) -> None:
@@ -392,10 +401,17 @@ class _Gateway:
                 length = spool.length
             body = spool.body()
         try:
-            return await self._forward(inc, resolved, body, length)
-        finally:
+            reply = await self._forward(inc, resolved, body, length)
+        except BaseException:
             if spool is not None:
                 spool.close()
+            raise
+        if spool is not None:
+            if reply.response is None:
+                spool.close()
+            else:
+                reply.spool = spool  # the exchange may still be sending it
+        return reply
 
     def body_timed_out(self, inc: _Incoming) -> _Reply:
         """The 408 answer to a body that stalled (logged once)."""
@@ -457,14 +473,15 @@ class _Gateway:
         headers = [(k, v) for k, v in response.headers if k.lower() not in _HOP_BY_HOP]
         return _Reply(response.status_code, headers, response)
 
-    async def stream(
-        self, inc: _Incoming, response: StreamingResponse
-    ) -> AsyncGenerator[bytes, None]:
-        """Yield the response body; log STDERR at the end; close the response always.
+    async def stream(self, inc: _Incoming, reply: _Reply) -> AsyncGenerator[bytes, None]:
+        """Yield the response body; log STDERR at the end; close the response and release the
+        reply always.
 
         Raises:
             FastCGIError: the exchange failed mid-body (logged once here).
         """
+        response = reply.response
+        assert response is not None
         try:
             async for chunk in response.aiter_bytes():
                 yield chunk
@@ -473,6 +490,7 @@ class _Gateway:
             raise
         finally:
             await response.aclose()
+            reply.release()
             self._log_stderr(inc, response.stderr)
 
     # -------------------------------------------------------------------- logs
@@ -690,7 +708,7 @@ class FastCGIApp:
             await send({"type": "http.response.start", "status": reply.status, "headers": headers})
             await send({"type": "http.response.body", "body": reply.body})
             return
-        chunks = gateway.stream(inc, reply.response)
+        chunks = gateway.stream(inc, reply)
         task = asyncio.current_task()
         assert task is not None
         left = False
@@ -721,6 +739,7 @@ class FastCGIApp:
             # aborts the request.
             await chunks.aclose()
             await reply.response.aclose()
+            reply.release()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -866,7 +885,7 @@ class FastCGIWSGIApp:
         start_response(f"{reply.status} {reason}".rstrip(), reply.headers)
         if reply.response is None:
             return [reply.body]
-        return _WSGIBody(self, self._gateway.stream(inc, reply.response), reply.response)
+        return _WSGIBody(self, self._gateway.stream(inc, reply), reply)
 
     def close(self) -> None:
         """Close the pool and stop the loop thread."""
@@ -888,11 +907,11 @@ class _WSGIBody:
         self,
         app: FastCGIWSGIApp,
         chunks: AsyncGenerator[bytes, None],
-        response: StreamingResponse,
+        reply: _Reply,
     ) -> None:
         self._app = app
         self._chunks = chunks
-        self._response = response
+        self._reply = reply
 
     def __iter__(self) -> Iterator[bytes]:
         while True:
@@ -904,15 +923,19 @@ class _WSGIBody:
 
     def close(self) -> None:
         """Called by the WSGI server when it is done: closing early aborts the request."""
-        with contextlib.suppress(RuntimeError):  # the app was closed: its loop is gone
+        try:
             self._app._call(self._aclose())
+        except RuntimeError:  # the app was closed, its loop is gone: free the spool here
+            self._reply.release()
 
     async def _next(self) -> bytes:
         return await self._chunks.__anext__()
 
     async def _aclose(self) -> None:
         await self._chunks.aclose()
-        await self._response.aclose()
+        assert self._reply.response is not None
+        await self._reply.response.aclose()
+        self._reply.release()
 
 
 __all__ = [

@@ -19,6 +19,13 @@ from typing import Any
 import pytest
 
 from fcgi_async.client import ConnectionLost, FastCGIApp, FastCGIWSGIApp, Timeouts
+from fcgi_async.protocol import (
+    NEED_DATA,
+    RequestReceived,
+    ServerConnection,
+    StdinEnded,
+    StdinReceived,
+)
 from tests.client.fakes import fake_server
 from tests.protocol.helpers import raw_record
 
@@ -53,6 +60,8 @@ async def call(
         if parts:
             chunk = parts.pop(0)
             return {"type": "http.request", "body": chunk, "more_body": bool(parts) or disconnect}
+        if not disconnect:
+            await asyncio.Event().wait()  # as a server does: nothing until the client leaves
         return {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:
@@ -318,3 +327,83 @@ async def test_stalled_body_is_408(declared: bool, caplog: pytest.LogCaptureFixt
 def test_body_timeout_is_bounded(value: float) -> None:
     with pytest.raises(ValueError, match="body_timeout"):
         FastCGIApp("127.0.0.1:9000", script_filename=SCRIPT, body_timeout=value)
+
+
+@contextlib.asynccontextmanager
+async def head_first_server(resume: asyncio.Event) -> AsyncIterator[tuple[str, list[int]]]:
+    """A responder that sends its head as soon as the params arrived, then reads nothing more
+    until ``resume`` is set, and ends its answer once the request body ended. Yields its
+    address and the body sizes it received."""
+    sizes: list[int] = []
+    writers: list[asyncio.StreamWriter] = []
+
+    async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        codec = ServerConnection(multiplex=False)
+        size = 0
+        try:
+            while data := await reader.read(65536):
+                codec.receive_data(data)
+                while (event := codec.next_event()) is not NEED_DATA:
+                    if isinstance(event, RequestReceived):
+                        writer.writelines(codec.send_stdout(event.request_id, b"Status: 200\n\n"))
+                        await writer.drain()
+                        await resume.wait()
+                    elif isinstance(event, StdinReceived):
+                        size += len(event.data)
+                    elif isinstance(event, StdinEnded):
+                        sizes.append(size)
+                        writer.writelines(codec.end_request(event.request_id, b"got it"))
+                        await writer.drain()
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    srv = await asyncio.start_server(on_client, "127.0.0.1", 0)
+    try:
+        yield f"127.0.0.1:{srv.sockets[0].getsockname()[1]}", sizes
+    finally:
+        srv.close()
+        for writer in writers:
+            writer.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2):
+                await srv.wait_closed()
+
+
+async def test_head_before_a_spooled_body_was_sent(caplog: pytest.LogCaptureFixture) -> None:
+    # The head reaches the client while the proxy is still sending a chunked body from its
+    # temporary file (the server reads nothing more until then; 16 MB outlasts the socket
+    # buffers): the file must stay open until the exchange is over, not only until the head.
+    parts = [b"z" * 100_000] * 160
+    resume = asyncio.Event()
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if parts:
+            return {"type": "http.request", "body": parts.pop(), "more_body": bool(parts)}
+        await asyncio.Event().wait()  # no disconnect
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        resume.set()
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/p",
+        "headers": [(b"transfer-encoding", b"chunked")],
+    }
+    async with head_first_server(resume) as (address, sizes):
+        app = app_for(address)
+        try:
+            async with asyncio.timeout(BOUND_S):
+                await app(scope, receive, send)
+        finally:
+            await app.aclose()
+    assert sizes == [16_000_000]
+    assert sent[0]["status"] == 200
+    assert b"".join(m.get("body", b"") for m in sent[1:]) == b"got it"
+    assert error_lines(caplog) == []
