@@ -44,8 +44,10 @@ WARNING lines on the ``fcgi_async.client`` logger with the request (at most
 Failures: php-fpm refusing or dropping the connection, breaking the protocol, or answering
 OVERLOADED before the response head gives a 502 Bad Gateway, a timeout a 504 Gateway Timeout,
 each with a short text body and ONE log line (ERROR) naming the address, the request and the
-reason. A failure after the head was sent cannot change the status any more: it is logged the
-same way and raised, so the server cuts the connection and the client sees a truncated response.
+reason; more failures of the same kind within :data:`FAILURE_LOG_INTERVAL_S` are counted into the
+next line instead of flooding the log. A failure after the head was sent cannot change the
+status any more: it is logged the same way and raised, so the server cuts the connection and the
+client sees a truncated response.
 Every wait is bounded by :data:`DEFAULT_APP_TIMEOUTS` unless ``timeouts=`` says otherwise.
 """
 
@@ -58,6 +60,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -105,6 +108,10 @@ SPOOL_MEMORY_BYTES: Final = 1024 * 1024
 BODY_CHUNK_BYTES: Final = 64 * 1024
 #: STDERR lines logged per request; more are counted in one last line, never a flood.
 MAX_STDERR_LOG_LINES: Final = 10
+#: Seconds during which further gateway failures of the same kind (status and error type) are
+#: counted rather than logged: php-fpm down under load must not write a line per request. The
+#: next line logged for that kind says how many were left out.
+FAILURE_LOG_INTERVAL_S: Final = 10.0
 #: Characters of one logged STDERR line or request target; the rest is cut.
 MAX_LOG_CHARS: Final = 500
 #: The proxy apps keep no idle connection by default, like nginx (``fastcgi_keep_conn off``):
@@ -304,6 +311,10 @@ class _Gateway:
         self.timeouts = timeouts or DEFAULT_APP_TIMEOUTS
         self.max_body_bytes = max_body_bytes
         self.body_timeout = body_timeout
+        #: Per kind of failure: when it was last logged, and how many were not logged since.
+        self._failures: dict[tuple[str, type[FastCGIError]], tuple[float | None, int]] = {}
+        #: The clock of the failure log's interval (a test may move it).
+        self.clock: Callable[[], float] = time.monotonic
         self.extra = dict(params or {})
         root = document_root
         if root is None:
@@ -498,7 +509,15 @@ class _Gateway:
         self, inc: _Incoming, status: int, exc: FastCGIError, *, cut: bool = False
     ) -> None:
         outcome = f"{status} cut short" if cut else f"{status}"
-        logger.error("%s: %s -> %s: %s", self.client.address, inc.show(), outcome, exc)
+        kind = (outcome, type(exc))
+        now = self.clock()
+        last, left_out = self._failures.get(kind, (None, 0))
+        if last is not None and now - last < FAILURE_LOG_INTERVAL_S:
+            self._failures[kind] = (last, left_out + 1)
+            return
+        self._failures[kind] = (now, 0)
+        more = f" ({left_out} more like it not logged)" if left_out else ""
+        logger.error("%s: %s -> %s: %s%s", self.client.address, inc.show(), outcome, exc, more)
 
     def _log_stderr(self, inc: _Incoming, stderr: bytes) -> None:
         if not stderr:

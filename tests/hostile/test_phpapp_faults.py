@@ -407,3 +407,20 @@ async def test_head_before_a_spooled_body_was_sent(caplog: pytest.LogCaptureFixt
     assert sent[0]["status"] == 200
     assert b"".join(m.get("body", b"") for m in sent[1:]) == b"got it"
     assert error_lines(caplog) == []
+
+
+async def test_a_down_php_fpm_does_not_flood_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    app = app_for(f"127.0.0.1:{free_port()}")
+    now = 1000.0
+    app._gateway.clock = lambda: now
+    try:
+        statuses = [(await call(app))[0]["status"] for _ in range(5)]
+        assert statuses == [502] * 5
+        assert len(error_lines(caplog)) == 1  # the first; four counted
+        now += 10.0  # FAILURE_LOG_INTERVAL_S later
+        assert (await call(app))[0]["status"] == 502
+    finally:
+        await app.aclose()
+    lines = error_lines(caplog)
+    assert len(lines) == 2
+    assert lines[1].endswith("(4 more like it not logged)")
