@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .address import Address, parse_address
+from .app import FastCGIApp, FastCGIWSGIApp
 from .errors import (
     CantMultiplex,
     ConnectError,
@@ -49,10 +50,12 @@ __all__ = [
     "CantMultiplex",
     "ConnectError",
     "ConnectionLost",
+    "FastCGIApp",
     "FastCGIClient",
     "FastCGIError",
     "FastCGISyncTransport",
     "FastCGITransport",
+    "FastCGIWSGIApp",
     "Overloaded",
     "Params",
     "PoolClosed",

@@ -44,7 +44,17 @@ def normalize_path(raw_path: bytes) -> bytes:
     Raises:
         ValueError: the decoded path holds a NUL byte.
     """
-    decoded = unquote_to_bytes(raw_path or b"/")
+    return normalize_decoded_path(unquote_to_bytes(raw_path or b"/"))
+
+
+def normalize_decoded_path(decoded: bytes) -> bytes:
+    """Resolve ``//``, ``.`` and ``..`` (never above ``/``) in an already decoded path.
+
+    For paths a server decoded already (an ASGI ``path``, a WSGI ``PATH_INFO``).
+
+    Raises:
+        ValueError: the path holds a NUL byte.
+    """
     if b"\0" in decoded:
         raise ValueError("request path holds a NUL byte")
     segments: list[bytes] = []
