@@ -120,6 +120,18 @@ def cpu_totals(proc_stat_text: str) -> tuple[int, int] | None:
     return total - ticks[3] - ticks[4], total
 
 
+def slope_per_min(points: list[tuple[float, float]]) -> float | None:
+    """Least-squares slope of ``(seconds, value)`` points, per minute (None for < 2 times)."""
+    if len({t for t, _ in points}) < 2:
+        return None
+    n = len(points)
+    mt = sum(t for t, _ in points) / n
+    mv = sum(v for _, v in points) / n
+    num = sum((t - mt) * (v - mv) for t, v in points)
+    den = sum((t - mt) ** 2 for t, _ in points)
+    return num / den * 60
+
+
 def phase_window(phases: list[dict[str, Any]], name: str) -> tuple[float, float] | None:
     """(start, end) seconds of the phase called ``name``, or None if it did not run."""
     for phase in phases:
@@ -156,11 +168,20 @@ def rss_growth(
         peak = max(
             (s["procs"][pid]["rss_kib"] or 0) for s in after if pid in s["procs"]
         )  # a pid gone mid-way keeps its peak until then
+        trend = slope_per_min(
+            [
+                (s["t"], s["procs"][pid]["rss_kib"] / 1024)
+                for s in after
+                if pid in s["procs"] and s["procs"][pid]["rss_kib"] is not None
+            ]
+        )
         per_process[pid] = {
             "role": after[0]["procs"][pid]["role"],
             "at_mark_mib": round(base / 1024, 1),
             "max_after_mib": round(peak / 1024, 1),
             "growth_mib": round((peak - base) / 1024, 1),
+            # Not judged: tells what a short run would have grown to in a long one.
+            "trend_mib_per_min": None if trend is None else round(trend, 2),
         }
     seen = {pid for s in after for pid, p in s["procs"].items() if p["role"] != "hostile"}
     last = {pid for pid, p in after[-1]["procs"].items() if p["role"] != "hostile"}
@@ -312,7 +333,8 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         lines.append(f"STOPPED EARLY: {results['stopped_early']}")
     rss = v.get("rss") or {}
     per = ", ".join(
-        f"{p['role']} {pid}: {p['at_mark_mib']} -> max {p['max_after_mib']} MiB"
+        f"{p['role']} {pid}: {p['at_mark_mib']} -> max {p['max_after_mib']} MiB, "
+        f"trend {p['trend_mib_per_min']} MiB/min"
         for pid, p in (rss.get("per_process") or {}).items()
     )
     lines += [
@@ -378,6 +400,12 @@ def readme_section(results: dict[str, Any] | None, chart_path: str) -> str:
     rss = v.get("rss") or {}
     rules = v["rules"]
     base_errors = sum(base["errors"].values()) + sum(base["canary_errors"].values())
+    trends = [
+        p["trend_mib_per_min"]
+        for p in (rss.get("per_process") or {}).values()
+        if p["trend_mib_per_min"] is not None
+    ]
+    worst_trend = max(trends) if trends else None
     lines = [
         README_BEGIN,
         "",
@@ -397,10 +425,13 @@ def readme_section(results: dict[str, Any] | None, chart_path: str) -> str:
         f"{_pass(v['throughput'])} |",
         f"| well-behaved errors | {base_errors} | {soak.get('error_total')} | 0 | "
         f"{_pass(v['no_errors'])} |",
-        f"| RSS growth after warm-up (worst process) | | {rss.get('max_growth_mib')} MiB | "
-        f"<= {rules['rss_growth_limit_mib']:g} MiB | {_pass(v['rss_flat'])} |",
+        f"| RSS growth after warm-up (worst process) | | {rss.get('max_growth_mib')} MiB "
+        f"(trend {worst_trend} MiB/min) | <= {rules['rss_growth_limit_mib']:g} MiB | "
+        f"{_pass(v['rss_flat'])} |",
         "",
     ]
+    if rss.get("replaced"):
+        lines += [f"Workers replaced during the soak (pids): {', '.join(rss['replaced'])}.", ""]
     if results.get("stopped_early"):
         lines += [f"The soak phase was stopped early: {results['stopped_early']}.", ""]
     hostile = (results.get("hostile") or {}).get("kinds") or {}

@@ -45,6 +45,11 @@ def test_cpu_totals_busy_excludes_idle_and_iowait() -> None:
     assert soak.cpu_totals("intr 1 2 3\n") is None
 
 
+def test_slope_per_min() -> None:
+    assert soak.slope_per_min([(0.0, 10.0), (30.0, 11.0), (60.0, 12.0)]) == pytest.approx(2.0)
+    assert soak.slope_per_min([(5.0, 1.0), (5.0, 2.0)]) is None
+
+
 def test_log_shapes_masks_numbers_and_counts() -> None:
     text = "refused request 7 from peer 1\nrefused request 9 from peer 2\nclosed after 30 s\n"
     assert soak.log_shapes(text) == [
@@ -132,6 +137,8 @@ def test_rss_rule_is_growth_after_the_warmup_mark() -> None:
     assert v["rss"]["mark_t"] == pytest.approx(120.0)
     assert v["rss"]["per_process"]["2"]["growth_mib"] == pytest.approx(16.0, abs=0.1)
     assert v["rss"]["max_growth_mib"] == pytest.approx(16.0, abs=0.1)
+    assert v["rss"]["per_process"]["2"]["trend_mib_per_min"] == pytest.approx(12.0, abs=0.1)
+    assert v["rss"]["per_process"]["3"]["trend_mib_per_min"] == pytest.approx(0.0)
     # Exactly at the limit passes; above it fails; the hostile process never counts.
     assert soak.verdicts(_results(worker_growth_mib=20.0), rss_limit_mib=16.0)["rss_flat"]
     failed = soak.verdicts(_results(worker_growth_mib=20.0), rss_limit_mib=15.0)

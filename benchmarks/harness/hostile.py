@@ -184,7 +184,7 @@ class Settings:
     #: Abort storm: connections, requests aborted per second in total, requests in flight per
     #: connection, seconds an aborted request may stay unanswered before it is written off.
     abort_conns: int = 2
-    abort_per_s: float = 30.0
+    abort_per_s: float = 20.0
     abort_in_flight: int = 16
     abort_answer_timeout_s: float = 5.0
     #: Vanishing streaming clients: attempts per second (alternately through nginx and straight
@@ -558,15 +558,23 @@ class Peers:
         rate = max(self.s.abort_per_s * share, 0.1)
         in_flight: dict[int, float] = {}
         streamed: dict[int, int] = {}  # request id of a /stream -> STDOUT bytes so far
+        first_output: dict[int, asyncio.Event] = {}  # set at the request's first STDOUT
         answered = asyncio.Event()
 
         async def read_answers() -> None:
             while True:
                 rtype, rid, content = await read_record(reader)
                 st.bytes_received += 8 + len(content)
-                if rtype == STDOUT and rid in streamed:
-                    streamed[rid] += len(content)
+                if rtype == STDOUT:
+                    if rid in streamed:
+                        streamed[rid] += len(content)
+                    started = first_output.pop(rid, None)
+                    if started is not None:
+                        started.set()
                 elif rtype == END_REQUEST:
+                    first = first_output.pop(rid, None)
+                    if first is not None:
+                        first.set()
                     st.end_requests[end_status(content)] += 1
                     in_flight.pop(rid, None)
                     sent = streamed.pop(rid, None)
@@ -602,9 +610,12 @@ class Peers:
                     # At once: the abort arrives with the request.
                     ok = await self.send(kind, writer, req + record(ABORT_REQUEST, rid))
                 else:
-                    # Once the app runs: the abort arrives mid-answer.
+                    # Mid-answer: the abort follows the answer's first bytes.
+                    first_output[rid] = started = asyncio.Event()
                     ok = await self.send(kind, writer, req)
-                    await self.pause(0.02)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(started.wait(), self.s.io_timeout_s)
+                    first_output.pop(rid, None)
                     ok = ok and await self.send(kind, writer, record(ABORT_REQUEST, rid))
                 if not ok:
                     break
