@@ -329,6 +329,13 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         f"{results['meta'].get('loadavg_end')} (other work on the machine lowers the soak's "
         "throughput too)",
     ]
+    log = results.get("server_log") or {}
+    if log.get("lines"):
+        top = log.get("top_soak") or []
+        lines.append(
+            f"server log: {log['lines'].get('soak', 0)} lines during the soak"
+            + (f", commonest ({top[0][1]}x): {top[0][0]}" if top else "")
+        )
     if results.get("stopped_early"):
         lines.append(f"STOPPED EARLY: {results['stopped_early']}")
     rss = v.get("rss") or {}
@@ -354,7 +361,11 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
 
 
 def _hostile_line(kind: str, st: dict[str, Any]) -> str:
-    bits = [f"{st['connections']} connections", f"{st['requests']} requests"]
+    """One line per kind of hostile peer: what it did and how the server answered."""
+    n = st["connections"]
+    bits = [f"{n} connection{'' if n == 1 else 's'}", f"{st['requests']} requests"]
+    if kind == "nonreader" and not st.get("events", {}).get("paused_by_server"):
+        bits.append("the server never stopped reading from them")
     if st.get("closed_by_server"):
         bits.append(f"{st['closed_by_server']} closed by the server")
     if st.get("end_requests"):
@@ -363,11 +374,12 @@ def _hostile_line(kind: str, st: dict[str, Any]) -> str:
         bits.append(", ".join(f"{k} {n}" for k, n in st["events"].items()))
     if st.get("lifetimes_s"):
         bits.append(f"closed after a median {median(st['lifetimes_s']):g} s")
-    if st.get("aborted_stream_kib"):
-        kib = st["aborted_stream_kib"]
-        bits.append(
-            f"an aborted /stream still sent a median {median(kib):g} KiB (max {max(kib):g})"
-        )
+    for how, kib in (st.get("aborted_stream_kib") or {}).items():
+        if kib:
+            bits.append(
+                f"a /stream aborted {how.replace('_', ' ')} still sent a median "
+                f"{median(kib):g} KiB (max {max(kib):g})"
+            )
     return f"`{kind}`: " + "; ".join(bits)
 
 
@@ -435,6 +447,15 @@ def readme_section(results: dict[str, Any] | None, chart_path: str) -> str:
     if results.get("stopped_early"):
         lines += [f"The soak phase was stopped early: {results['stopped_early']}.", ""]
     hostile = (results.get("hostile") or {}).get("kinds") or {}
+    server_log = results.get("server_log") or {}
+    if server_log.get("lines"):
+        top = server_log.get("top_soak") or [("", 0)]
+        lines += [
+            f"The server logged {server_log['lines'].get('soak', 0)} lines during the soak "
+            f"({server_log['lines'].get('baseline', 0)} during the baseline); the commonest, "
+            f"{top[0][1]} times: `{top[0][0]}`.",
+            "",
+        ]
     if hostile:
         lines.append("What the hostile peers did, and how the server answered:")
         lines.append("")
@@ -824,7 +845,9 @@ def chart(results: dict[str, Any], path: Path) -> str | None:
     except ImportError as exc:
         return f"matplotlib not installed ({exc}); pip install -e '.[bench]'"
     samples = results["samples"]
-    fig, (ax_rss, ax_rps, ax_cpu) = plt.subplots(3, 1, figsize=(11, 9), sharex=True)
+    fig, (ax_rss, ax_rps, ax_cpu) = plt.subplots(3, 1, figsize=(13, 9), sharex=True)
+    # Legends beside the plots: inside, they hide the curves they name.
+    outside: dict[str, Any] = {"fontsize": 7, "loc": "upper left", "bbox_to_anchor": (1.01, 1.0)}
     series: dict[str, tuple[str, list[float], list[float], list[float]]] = {}
     for s in samples:
         for pid, p in s["procs"].items():
@@ -847,10 +870,10 @@ def chart(results: dict[str, Any], path: Path) -> str | None:
             linewidth=0.8,
             label="whole machine (all processes)",
         )
-    ax_cpu.legend(fontsize=7, loc="upper left", ncol=3)
+    ax_cpu.legend(**outside)
     ax_rss.set_ylabel("RSS (MiB)")
     ax_rss.set_ylim(bottom=0)  # from zero: a flat line must look flat, not zoomed into noise
-    ax_rss.legend(fontsize=7, loc="upper left", ncol=3)
+    ax_rss.legend(**outside)
     ax_cpu.set_ylabel("CPU (% of one core)")
     ax_cpu.set_xlabel("seconds since start")
     ok_chunks = [c for c in results["chunks"] if not c.get("failed")]
@@ -859,7 +882,7 @@ def chart(results: dict[str, Any], path: Path) -> str | None:
     bad = [c for c in results["canary"] if not c["ok"]]
     if bad:
         ax_rps.plot([c["t"] for c in bad], [0] * len(bad), "rx", label="failed canary request")
-        ax_rps.legend(fontsize=7, loc="lower left")
+        ax_rps.legend(**outside)
     ax_rps.set_ylabel("well-behaved req/s (wrk)")
     ax_rps.set_ylim(bottom=0)
     soak = phase_window(results["phases"], "soak")
@@ -874,9 +897,10 @@ def chart(results: dict[str, Any], path: Path) -> str | None:
     for phase in results["phases"]:
         ax_rss.annotate(
             phase["name"],
-            (phase["start_t"], 1.0),
+            ((phase["start_t"] + phase["end_t"]) / 2, 1.0),
             xycoords=("data", "axes fraction"),
             fontsize=8,
+            ha="center",
             va="bottom",
         )
     verdict = (

@@ -255,8 +255,18 @@ def test_readme_section_from_results_carries_the_figures() -> None:
                 "end_requests": {},
                 "events": {},
                 "lifetimes_s": [30.1, 30.0, 31.0],
-            }
+            },
+            "abort": {
+                "connections": 1,
+                "requests": 4,
+                "end_requests": {"complete": 4},
+                "aborted_stream_kib": {"at_once": [0.0, 0.0], "mid_answer": [64.0, 320.0, 128.0]},
+            },
         }
+    }
+    results["server_log"] = {
+        "lines": {"baseline": 0, "soak": 1500},
+        "top_soak": [["refused request N: OVERLOADED", 1440]],
     }
     results["verdicts"] = soak.verdicts(results)
     section = soak.readme_section(results, "benchmarks/results/soak.png")
@@ -266,6 +276,10 @@ def test_readme_section_from_results_carries_the_figures() -> None:
     assert "| well-behaved req/s | 1000.0 | 900.0 |" in section
     assert "16.0 MiB" in section
     assert "closed after a median 30.1 s" in section
+    assert "`abort`: 1 connection; 4 requests" in section
+    assert "aborted mid answer still sent a median 128 KiB (max 320)" in section
+    assert "logged 1500 lines during the soak (0 during the baseline)" in section
+    assert "1440 times: `refused request N: OVERLOADED`" in section
     assert "Not yet measured" not in section
     lines = soak.summary_lines(results)
     assert any(line.startswith("[PASS] RSS flat") for line in lines)

@@ -231,8 +231,12 @@ class KindStats:
     errors: Counter[str] = field(default_factory=Counter)
     #: Seconds a connection lived before the server closed it (first 1000 kept).
     lifetimes_s: list[float] = field(default_factory=list)
-    #: Abort storm: KiB of STDOUT an aborted ``/stream`` request still sent (first 1000 kept).
-    aborted_stream_kib: list[float] = field(default_factory=list)
+    #: Abort storm: KiB of STDOUT a ``/stream`` request still sent when its ABORT_REQUEST came
+    #: with the request (``at_once``) or after the answer's first bytes (``mid_answer``); the
+    #: first 1000 of each are kept.
+    aborted_stream_kib: dict[str, list[float]] = field(
+        default_factory=lambda: {"at_once": [], "mid_answer": []}
+    )
 
     def lifetime(self, seconds: float) -> None:
         if len(self.lifetimes_s) < 1000:
@@ -578,8 +582,9 @@ class Peers:
                     st.end_requests[end_status(content)] += 1
                     in_flight.pop(rid, None)
                     sent = streamed.pop(rid, None)
-                    if sent is not None and len(st.aborted_stream_kib) < 1000:
-                        st.aborted_stream_kib.append(round(sent / 1024, 1))
+                    how = st.aborted_stream_kib["at_once" if rid % 2 else "mid_answer"]
+                    if sent is not None and len(how) < 1000:
+                        how.append(round(sent / 1024, 1))
                     answered.set()
 
         reading = asyncio.ensure_future(read_answers())
@@ -606,7 +611,7 @@ class Peers:
                 if path == "/stream":
                     streamed[rid] = 0
                 req = full_request(rid, path)
-                if rid % 2:
+                if rid % 2:  # (read_answers tells the two ways apart by the same test)
                     # At once: the abort arrives with the request.
                     ok = await self.send(kind, writer, req + record(ABORT_REQUEST, rid))
                 else:
