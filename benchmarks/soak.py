@@ -41,9 +41,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from harness import hostile
 from harness import meta as meta_mod
 from harness.load import SCENARIOS_BY_NAME, WRK, lua_script, run_wrk, verify
-from harness.procs import ProcessSet, StartError, children, raise_nofile_limit, rss_kib
+from harness.procs import Proc, ProcessSet, StartError, children, raise_nofile_limit, rss_kib
 from harness.report import splice_readme
 from harness.stacks import Instance, Stack, start_instance
 
@@ -446,7 +447,7 @@ def readme_section(results: dict[str, Any] | None, chart_path: str) -> str:
         lines += [f"Workers replaced during the soak (pids): {', '.join(rss['replaced'])}.", ""]
     if results.get("stopped_early"):
         lines += [f"The soak phase was stopped early: {results['stopped_early']}.", ""]
-    hostile = (results.get("hostile") or {}).get("kinds") or {}
+    peers = (results.get("hostile") or {}).get("kinds") or {}
     server_log = results.get("server_log") or {}
     if server_log.get("lines"):
         top = server_log.get("top_soak") or [("", 0)]
@@ -456,10 +457,14 @@ def readme_section(results: dict[str, Any] | None, chart_path: str) -> str:
             f"{top[0][1]} times: `{top[0][0]}`.",
             "",
         ]
-    if hostile:
+    if peers:
         lines.append("What the hostile peers did, and how the server answered:")
         lines.append("")
-        lines += [f"- {_hostile_line(kind, st)}" for kind, st in hostile.items()]
+        lines += [
+            f"- {_hostile_line(kind, st)}"
+            for kind, st in peers.items()
+            if st["connections"] or st["connect_errors"]  # kinds left out by --hostile-kinds
+        ]
         lines.append("")
     lines += [f"![RSS and throughput during the soak]({chart_path})", "", README_END]
     return "\n".join(lines)
@@ -679,13 +684,13 @@ def _log_by_phase(path: Path, marks: list[tuple[str, int, int]]) -> dict[str, An
     return out
 
 
-def stop_hostile(procs: ProcessSet, hostile: Any) -> None:
+def stop_hostile(procs: ProcessSet, peers_proc: Proc) -> None:
     """SIGTERM the hostile process, wait for it to write its stats (bounded), then make sure."""
-    if hostile.alive():
-        hostile.popen.send_signal(signal.SIGTERM)
+    if peers_proc.alive():
+        peers_proc.popen.send_signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
-            hostile.popen.wait(HOSTILE_STOP_S)
-    procs.stop(hostile)
+            peers_proc.popen.wait(HOSTILE_STOP_S)
+    procs.stop(peers_proc)
 
 
 def run(args: argparse.Namespace, procs: ProcessSet, tmp: Path) -> dict[str, Any]:
@@ -719,6 +724,7 @@ def run(args: argparse.Namespace, procs: ProcessSet, tmp: Path) -> dict[str, Any
             "recovery_s": args.recovery,
             "chunk_s": args.chunk,
             "hostile_scale": args.hostile_scale,
+            "hostile_kinds": list(args.hostile_kinds),
             "server_args": list(args.server_args),
             "rss_abort_mib": args.rss_abort_mib,
         },
@@ -759,9 +765,9 @@ def run(args: argparse.Namespace, procs: ProcessSet, tmp: Path) -> dict[str, Any
             if seconds <= 0:
                 continue
             marks.append((name, _log_offset(server_log), _log_offset(nginx_log)))
-            hostile = None
+            peers_proc = None
             if name == "soak":
-                hostile = procs.start(
+                peers_proc = procs.start(
                     "hostile peers",
                     [
                         sys.executable,
@@ -776,15 +782,17 @@ def run(args: argparse.Namespace, procs: ProcessSet, tmp: Path) -> dict[str, Any
                         str(args.hostile_scale),
                         "--out",
                         str(tmp / "hostile.json"),
+                        "--kinds",
+                        ",".join(args.hostile_kinds),
                     ],
                     tmp / "logs" / "hostile.log",
                 )
-                sampler.hostile_pid = hostile.pid
+                sampler.hostile_pid = peers_proc.pid
             try:
                 phase = run_phase(name, seconds, args, inst, script, clock, chunks, sampler)
             finally:
-                if hostile is not None:
-                    stop_hostile(procs, hostile)
+                if peers_proc is not None:
+                    stop_hostile(procs, peers_proc)
                     sampler.hostile_pid = None
             results["phases"].append(phase)
             if sampler.abort_reason:
@@ -963,6 +971,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="multiply the hostile peers' connections and rates (default 1)",
     )
     p.add_argument(
+        "--hostile-kinds",
+        default="all",
+        metavar="LIST",
+        help=f"all (default), or some of {','.join(hostile.KINDS)}: which kind of peer does what",
+    )
+    p.add_argument(
         "--server-arg",
         dest="server_args",
         action="append",
@@ -983,6 +997,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args.hostile_kinds = hostile.parse_kinds(args.hostile_kinds)
+    except ValueError as exc:
+        p.error(str(exc))
     q = args.quick
     args.duration = (
         args.duration

@@ -5,6 +5,7 @@ verdict).
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -311,6 +312,26 @@ def test_hostile_targets_are_loopback_or_unix_only() -> None:
     assert hostile.parse_target("[::1]:9000") == ("::1", 9000)
     with pytest.raises(ValueError, match="loopback"):
         hostile.parse_target("10.0.0.1:9000")
+
+
+def test_hostile_kinds_are_chosen_by_name() -> None:
+    assert hostile.parse_kinds("all") == hostile.KINDS
+    assert hostile.parse_kinds("abort, nonreader") == ("abort", "nonreader")
+    with pytest.raises(ValueError, match="unknown hostile kinds"):
+        hostile.parse_kinds("nonreader,bogus")
+    with pytest.raises(ValueError, match="unknown hostile kinds"):
+        hostile.parse_kinds(",")
+
+
+async def test_hostile_tasks_are_one_per_slot_of_the_chosen_kinds() -> None:
+    peers = hostile.Peers(("unix", "/nonexistent"), None, hostile.Settings())
+    tasks = peers.tasks(("slowloris", "flood_begin"))
+    try:
+        assert len(tasks) == hostile.Settings().slowloris_conns + 1
+    finally:
+        for task in tasks:  # never started: closed, so that no "never awaited" warning fails
+            assert inspect.iscoroutine(task)
+            task.close()
 
 
 def test_hostile_scaled_keeps_one_connection_per_kind() -> None:

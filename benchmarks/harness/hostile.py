@@ -700,22 +700,22 @@ class Peers:
         except (OSError, EOFError, TimeoutError, asyncio.IncompleteReadError) as exc:
             self.stats[kind].errors[type(exc).__name__] += 1
 
-    def tasks(self) -> list[Awaitable[None]]:
-        """One coroutine per hostile connection slot."""
+    def tasks(self, kinds: tuple[str, ...] = KINDS) -> list[Awaitable[None]]:
+        """One coroutine per hostile connection slot of each of ``kinds``."""
         s = self.s
-        out: list[Awaitable[None]] = []
-        out += [self.loop("nonreader", self.nonreader) for _ in range(s.nonreader_conns)]
-        out += [self.loop("slowloris", self.slowloris) for _ in range(s.slowloris_conns)]
-        out.append(self.loop("flood_begin", self.flood_begin))
-        out += [self.loop("flood_params", self.flood_params) for _ in range(s.flood_params_conns)]
-        out += [
-            self.loop("flood_stdin", lambda: self.flood_stdin(1.0 / s.flood_stdin_conns))
-            for _ in range(s.flood_stdin_conns)
-        ]
-        share = 1.0 / s.abort_conns
-        out += [self.loop("abort", lambda: self.abort(share)) for _ in range(s.abort_conns)]
-        out.append(self.vanish())
-        return out
+        stdin_share, abort_share = 1.0 / s.flood_stdin_conns, 1.0 / s.abort_conns
+        slots: dict[str, list[Callable[[], Awaitable[None]]]] = {
+            "nonreader": [lambda: self.loop("nonreader", self.nonreader)] * s.nonreader_conns,
+            "slowloris": [lambda: self.loop("slowloris", self.slowloris)] * s.slowloris_conns,
+            "flood_begin": [lambda: self.loop("flood_begin", self.flood_begin)],
+            "flood_params": [lambda: self.loop("flood_params", self.flood_params)]
+            * s.flood_params_conns,
+            "flood_stdin": [lambda: self.loop("flood_stdin", lambda: self.flood_stdin(stdin_share))]
+            * s.flood_stdin_conns,
+            "abort": [lambda: self.loop("abort", lambda: self.abort(abort_share))] * s.abort_conns,
+            "vanish": [self.vanish],
+        }
+        return [make() for kind in kinds for make in slots[kind]]
 
 
 #: Seconds the peers get to finish after the stop before their tasks are cancelled (their counts
@@ -723,16 +723,32 @@ class Peers:
 STOP_GRACE_S = 2.0
 
 
+def parse_kinds(text: str) -> tuple[str, ...]:
+    """``all`` or comma-separated names from :data:`KINDS`."""
+    if text == "all":
+        return KINDS
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in KINDS]
+    if unknown or not names:
+        raise ValueError(f"unknown hostile kinds {unknown or text!r}; known: {', '.join(KINDS)}")
+    return names
+
+
 async def run(
-    fcgi: Target, http: Target | None, settings: Settings, duration_s: float
+    fcgi: Target,
+    http: Target | None,
+    settings: Settings,
+    duration_s: float,
+    kinds: tuple[str, ...] = KINDS,
 ) -> dict[str, Any]:
-    """Run every kind for ``duration_s`` (or until SIGTERM/SIGINT); return the stats."""
+    """Run ``kinds`` for ``duration_s`` (or until SIGTERM/SIGINT); return the stats (every kind
+    is in them; the ones not run stay at zero)."""
     peers = Peers(fcgi, http, settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, peers.stop.set)
     started = time.monotonic()
-    tasks = [asyncio.ensure_future(t) for t in peers.tasks()]
+    tasks = [asyncio.ensure_future(t) for t in peers.tasks(kinds)]
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(peers.stop.wait(), duration_s)
     peers.stop.set()
@@ -749,6 +765,7 @@ async def run(
     return {
         "duration_s": round(time.monotonic() - started, 1),
         "settings": {f.name: getattr(settings, f.name) for f in fields(settings)},
+        "kinds_run": list(kinds),
         "kinds": {kind: st.as_json() for kind, st in peers.stats.items()},
         "task_crashes": dict(crashed),
     }
@@ -761,10 +778,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, required=True, help="seconds")
     p.add_argument("--scale", type=float, default=1.0, help="multiply every count and rate")
     p.add_argument("--out", type=Path, required=True, help="where the JSON stats go")
+    p.add_argument("--kinds", default="all", help=f"all, or some of {','.join(KINDS)}")
     args = p.parse_args(argv)
+    try:
+        kinds = parse_kinds(args.kinds)
+    except ValueError as exc:
+        p.error(str(exc))
     settings = Settings().scaled(args.scale) if args.scale != 1.0 else Settings()
     http = parse_target(args.http) if args.http else None
-    stats = asyncio.run(run(parse_target(args.fcgi), http, settings, args.duration))
+    stats = asyncio.run(run(parse_target(args.fcgi), http, settings, args.duration, kinds))
     args.out.write_text(json.dumps(stats, indent=1) + "\n")
     print(f"hostile peers stopped after {stats['duration_s']} s", file=sys.stderr)
     return 0
