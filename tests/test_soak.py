@@ -5,6 +5,7 @@ verdict).
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import os
@@ -332,6 +333,28 @@ async def test_hostile_tasks_are_one_per_slot_of_the_chosen_kinds() -> None:
         for task in tasks:  # never started: closed, so that no "never awaited" warning fails
             assert inspect.iscoroutine(task)
             task.close()
+
+
+async def test_a_nonreader_closed_by_the_server_counts_once(tmp_path: Path) -> None:
+    # The server reads a little and closes: the non-reader's next write fails, and the close is
+    # counted once (not once by the failed send and again by the non-reader itself).
+    async def read_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)
+        writer.close()
+
+    path = tmp_path / "s.sock"
+    server = await asyncio.start_unix_server(read_then_close, str(path))
+    try:
+        settings = hostile.Settings(nonreader_bursts_per_s=20.0, rate_bytes=10_000_000)
+        peers = hostile.Peers(("unix", str(path)), None, settings)
+        await asyncio.wait_for(peers.nonreader(), 30)
+    finally:
+        server.close()
+        await server.wait_closed()
+    st = peers.stats["nonreader"]
+    assert st.connections == 1
+    assert st.closed_by_server == 1
+    assert len(st.lifetimes_s) == 1
 
 
 def test_hostile_scaled_keeps_one_connection_per_kind() -> None:

@@ -340,10 +340,10 @@ class Peers:
             writer.close()
 
     async def send(self, kind: str, writer: asyncio.StreamWriter, data: bytes) -> bool:
-        """Write ``data`` within the budget; False if the server closed the connection."""
+        """Write ``data`` within the budget; False if the server closed the connection (the
+        caller counts that, once, in ``closed_by_server``)."""
         await self.budget.take(len(data))
         if writer.is_closing():
-            self.stats[kind].closed_by_server += 1
             return False
         writer.write(data)
         self.stats[kind].bytes_sent += len(data)
@@ -423,7 +423,7 @@ class Peers:
                     break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(eof), self.s.slowloris_interval_s)
-            if eof.done() and not self.stop.is_set():
+            if (eof.done() or writer.is_closing()) and not self.stop.is_set():
                 st.closed_by_server += 1
                 st.lifetime(time.monotonic() - started)
         finally:
@@ -441,6 +441,7 @@ class Peers:
             burst = b"".join(begin(rid) for rid in range(1, self.s.flood_begin_count + 1))
             st.requests += self.s.flood_begin_count
             if not await self.send(kind, writer, burst):
+                st.closed_by_server += 1
                 return
             deadline = time.monotonic() + self.s.flood_begin_wait_s
             refused = 0
@@ -487,7 +488,7 @@ class Peers:
                     break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(eof), self.s.flood_params_hold_s)
-            if eof.done() and not self.stop.is_set():
+            if (eof.done() or writer.is_closing()) and not self.stop.is_set():
                 st.closed_by_server += 1
                 st.lifetime(time.monotonic() - started)
                 st.events["over_limit_closed" if over else "under_limit_closed"] += 1
@@ -520,6 +521,7 @@ class Peers:
                     + record(PARAMS, rid)
                 )
                 if not await self.send(kind, writer, head):
+                    st.closed_by_server += 1
                     return
                 one = record(STDIN, rid, b"u")
                 batch = max(1, int(rate / 10))  # ten writes a second
@@ -527,12 +529,14 @@ class Peers:
                 while sent < body and not self.stop.is_set():
                     n = min(batch, body - sent)
                     if not await self.send(kind, writer, one * n):
+                        st.closed_by_server += 1
                         return
                     sent += n
                     await self.pause(n / rate)
                 if self.stop.is_set():
                     return
                 if not await self.send(kind, writer, record(STDIN, rid)):
+                    st.closed_by_server += 1
                     return
                 answer = b""
                 while True:
@@ -589,6 +593,7 @@ class Peers:
 
         reading = asyncio.ensure_future(read_answers())
         paths = ("/hello", "/stream")
+        ok = True
         try:
             rid = 0
             while not self.stop.is_set() and rid < MAX_CONTENT and not reading.done():
@@ -625,7 +630,7 @@ class Peers:
                 if not ok:
                     break
                 await self.pause(1.0 / rate)
-            if reading.done() and not self.stop.is_set():
+            if (reading.done() or not ok) and not self.stop.is_set():
                 st.closed_by_server += 1
         finally:
             reading.cancel()
@@ -648,6 +653,7 @@ class Peers:
                 req = full_request(1, "/stream")
             st.requests += 1
             if not await self.send(kind, writer, req):
+                st.closed_by_server += 1
                 return
             got = 0
             deadline = time.monotonic() + self.s.io_timeout_s
