@@ -41,6 +41,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from apps import raw_asgi
 from harness import hostile
 from harness import meta as meta_mod
 from harness.load import SCENARIOS_BY_NAME, WRK, lua_script, run_wrk, verify
@@ -82,7 +83,8 @@ README_BEGIN = "<!-- soak results: written by benchmarks/soak.py --readme; do no
 README_END = "<!-- end of soak results -->"
 
 SCENARIO = SCENARIOS_BY_NAME["hello-32"]
-STREAM_BYTES = 256 * 64 * 1024  # raw_asgi / raw_wsgi STREAM_CHUNKS * STREAM_CHUNK
+#: What ``GET /stream`` answers in full (checked before the run: the vanishing clients need it).
+STREAM_BYTES = len(raw_asgi.STREAM_CHUNK) * raw_asgi.STREAM_CHUNKS
 
 
 # --- pure parts (unit-tested) ------------------------------------------------------------------
