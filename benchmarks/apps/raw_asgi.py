@@ -1,7 +1,9 @@
 """Raw ASGI 3 app for the benchmarks: no framework, the least a server can be asked to do.
 
 ``/hello`` answers the 13 bytes ``Hello, world!``; ``/1mib`` answers 1 MiB; ``/upload`` reads
-the whole request body and answers its length in bytes. Any other path is ``/hello``.
+the whole request body and answers its length in bytes; ``/stream`` answers 16 MiB in 64 KiB
+``more_body`` messages (no Content-Length), for the soak's clients that vanish mid-response. Any
+other path is ``/hello``.
 """
 
 from __future__ import annotations
@@ -10,6 +12,10 @@ from typing import Any
 
 HELLO = b"Hello, world!"
 ONE_MIB = b"x" * (1024 * 1024)
+#: ``/stream``: long enough that a client vanishing after its first KiBs leaves the app sending,
+#: bounded so that a server that never notices still finishes each stream.
+STREAM_CHUNK = b"s" * (64 * 1024)
+STREAM_CHUNKS = 256
 
 _HELLO_START = {
     "type": "http.response.start",
@@ -60,6 +66,17 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             size += len(message.get("body", b""))
             more = message.get("more_body", False)
         await _respond(send, str(size).encode())
+    elif path == "/stream":
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/octet-stream")],
+            }
+        )
+        for _ in range(STREAM_CHUNKS):
+            await send({"type": "http.response.body", "body": STREAM_CHUNK, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
     else:
         await send(_HELLO_START)
         await send(_HELLO_BODY)

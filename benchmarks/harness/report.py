@@ -583,14 +583,17 @@ def readme_section(results: dict[str, Any], chart_path: str) -> str:
     return "\n".join(lines)
 
 
-def splice_readme(text: str, section: str) -> str:
-    """``text`` with the part between README_BEGIN and README_END replaced by ``section``.
+def splice_readme(
+    text: str, section: str, begin: str = README_BEGIN, end_marker: str = README_END
+) -> str:
+    """``text`` with the part between ``begin`` and ``end_marker`` (by default the performance
+    section's markers) replaced by ``section``.
 
     Raises:
         ValueError: the markers are missing or out of order.
     """
-    start = text.find(README_BEGIN)
-    end = text.find(README_END)
+    start = text.find(begin)
+    end = text.find(end_marker)
     if start < 0 or end < start:
-        raise ValueError(f"the README has no {README_BEGIN!r} ... {README_END!r} block")
-    return text[:start] + section + text[end + len(README_END) :]
+        raise ValueError(f"the README has no {begin!r} ... {end_marker!r} block")
+    return text[:start] + section + text[end + len(end_marker) :]

@@ -58,6 +58,8 @@ class Stack:
     description: str
     workers: int = 1
     upstream_keepalive: bool = True
+    #: More fcgi-async flags (the soak passes limits such as ``--max-connections`` this way).
+    server_args: tuple[str, ...] = ()
 
     @property
     def families(self) -> tuple[str, ...]:
@@ -369,7 +371,7 @@ def backend_argv(stack: Stack, family: str, tmp: Path, sock: Path) -> list[str]:
         ]
         if stack.workers > 1:
             argv += ["--workers", str(stack.workers)]
-        return argv
+        return argv + list(stack.server_args)
     if stack.server == "uvicorn":
         return [
             py,
