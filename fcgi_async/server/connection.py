@@ -37,6 +37,7 @@ import socket
 from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
+from ..cgi import printable
 from ..protocol import (
     NEED_DATA,
     DataEnded,
@@ -710,12 +711,12 @@ def _log_stderr(handle: RequestHandle, data: bytes) -> None:
 
     Level WARNING, as php-fpm logs what its children say into stderr; the record carries
     ``request_id``, ``request_method`` and ``request_uri`` attributes for structured handlers.
+    The method and URI are escaped (:func:`fcgi_async.cgi.printable`): a request cannot forge
+    a log line.
     """
     params = handle.params
-    method = params.get(b"REQUEST_METHOD", b"-").decode("latin-1")
-    uri = (params.get(b"REQUEST_URI") or params.get(b"SCRIPT_NAME") or b"-").decode(
-        "utf-8", "backslashreplace"
-    )
+    method = printable(params.get(b"REQUEST_METHOD") or b"-")
+    uri = printable(params.get(b"REQUEST_URI") or params.get(b"SCRIPT_NAME") or b"-")
     extra = {"request_id": handle.request_id, "request_method": method, "request_uri": uri}
     log = handle.logger
     for line in data.decode("utf-8", "backslashreplace").splitlines():
