@@ -93,6 +93,7 @@ class RequestHandle:
         "_disconnect_event",
         "_drain_waiters",
         "_proto",
+        "_unyielded",
         "_waiters",
         "disconnected",
         "done",
@@ -122,6 +123,8 @@ class RequestHandle:
         self._waiters: list[asyncio.Future[None]] = []
         self._disconnect_event: asyncio.Event | None = None
         self._drain_waiters: list[asyncio.Future[None]] = []
+        #: Send cost since this request last gave the loop a turn (see YIELD_AFTER_BYTES).
+        self._unyielded = 0
         self.disconnected = False
         self.done = False
         self.response_started = False
@@ -247,23 +250,43 @@ class RequestHandle:
     def _check_writable(self) -> FastCGIProtocol:
         if self.done or self.disconnected:
             raise ClientDisconnected(f"request {self.request_id} from {self.peer} went away")
-        return self._proto
+        proto = self._proto
+        if proto.closed or proto.transport.is_closing():
+            # The connection is lost or closing, perhaps without connection_lost having run
+            # yet (a write failed with ECONNRESET a moment ago). Nothing more is written: the
+            # transport would drop it (asyncio logs every such write), and an application
+            # that only sends would never learn the client is gone.
+            self._disconnect()
+            raise ClientDisconnected(f"connection from {self.peer} lost")
+        return proto
 
     async def _writable(self) -> FastCGIProtocol:
         proto = self._check_writable()
         if proto.write_paused:
             await proto.drain(self)
+            self._unyielded = 0  # the loop ran while we waited
             proto = self._check_writable()
         return proto
 
     async def send_stdout(self, data: bytes) -> None:
-        """Send response bytes, waiting for flow control (see the Request protocol)."""
+        """Send response bytes, waiting for flow control (see the Request protocol).
+
+        An empty ``data`` writes nothing but still raises once the connection is gone and
+        counts towards the regular yield to the loop (see :data:`YIELD_AFTER_BYTES`).
+        """
         proto = self._check_writable()
         if proto.write_paused:
             proto = await self._writable()
         if data:
             self.response_started = True
             proto.transport.writelines(proto.codec.send_stdout(self.request_id, data))
+        # Inline rather than a helper coroutine: this runs on every send.
+        unyielded = self._unyielded + len(data) + SEND_CALL_COST
+        if unyielded < YIELD_AFTER_BYTES:
+            self._unyielded = unyielded
+        else:  # YIELD_AFTER_BYTES sent without a wait: give the others a turn
+            self._unyielded = 0
+            await asyncio.sleep(0)
 
     async def send_stderr(self, data: bytes) -> None:
         """Send bytes on the STDERR stream; each line is also logged with this request."""
@@ -271,12 +294,16 @@ class RequestHandle:
         if data:
             _log_stderr(self, data)
             proto.transport.writelines(proto.codec.send_stderr(self.request_id, data))
+        unyielded = self._unyielded + len(data) + SEND_CALL_COST
+        if unyielded < YIELD_AFTER_BYTES:
+            self._unyielded = unyielded
+        else:  # as in send_stdout
+            self._unyielded = 0
+            await asyncio.sleep(0)
 
     async def end(self, stdout: bytes = b"", app_status: int = 0) -> None:
         """Send the last bytes, close the streams and END_REQUEST in one write."""
-        if self.done or self.disconnected:
-            raise ClientDisconnected(f"request {self.request_id} from {self.peer} went away")
-        proto = self._proto
+        proto = self._check_writable()
         if proto.write_paused:
             proto = await self._writable()
         if stdout:
@@ -704,6 +731,20 @@ class FastCGIProtocol(asyncio.Protocol):
             handle._disconnect()
         self.closed = True
         self.transport.abort()
+
+
+#: A request that sends this many bytes without ever waiting for the socket gives the loop
+#: a turn (``sleep(0)``). Sends that the kernel takes at once never wait, so without it an
+#: application that only sends (an endless event stream, a large generated body) holds the
+#: loop: no other request, timer or connection_lost runs until it stops. At 1 MiB the others
+#: wait about a millisecond at most, and the yield (one loop iteration, a few µs) is lost in
+#: the noise of a 4 KiB-chunk stream (~1.5 µs of process CPU time per send either way; at
+#: 256 KiB it showed). Not a setting: it bounds our own loop's latency, not a peer's use.
+YIELD_AFTER_BYTES = 1024 * 1024
+#: What one send counts for, towards YIELD_AFTER_BYTES, besides its bytes (the per-call cost
+#: of framing and the write): empty or tiny sends yield too, after at most
+#: YIELD_AFTER_BYTES // SEND_CALL_COST (64) of them.
+SEND_CALL_COST = 16 * 1024
 
 
 def _log_stderr(handle: RequestHandle, data: bytes) -> None:
