@@ -15,23 +15,22 @@ WSGI apps, were never affected and must stay so.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import struct
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fcgi_async.protocol import NEED_DATA, ClientConnection, RequestEnded, StdoutReceived
 
+from .adapters_helpers import Served, servers, start
+
+__all__ = ["servers"]  # the fixture, used by name
+
 pytestmark = pytest.mark.timeout(90)
 
 #: Bounds of the checks: generous for a noisy 2-core machine.
-START_TIMEOUT_S = 20.0
 SETTLE_TIMEOUT_S = 5.0  # the app must have stopped (CPU idle) within this of the reset
 NEXT_REQUEST_TIMEOUT_S = 3.0
 #: CPU time (s) the server may use over one IDLE_WINDOW_S once idle (a spinning loop uses all).
@@ -88,12 +87,6 @@ def app(environ, start_response):
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def request_bytes(client: ClientConnection, path: str) -> bytes:
     """A GET of ``path`` as request 1, framed by ``client`` (which then parses the answer)."""
     frames: list[bytes | memoryview] = [client.begin_request(1, keep_conn=False)]
@@ -116,59 +109,6 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError("no VmRSS")
-
-
-class Served:
-    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
-        self.proc = proc
-        self.address = ("127.0.0.1", port)
-        self.log = log
-
-    def log_lines(self) -> list[str]:
-        return self.log.read_text(errors="replace").splitlines()
-
-
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator[list[Served]]:
-    """Start servers with ``start(interface, loop)``; every one is stopped at teardown."""
-    started: list[Served] = []
-    yield started
-    for served in started:
-        proc = served.proc
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:  # a spinning loop never sees the signal
-                proc.kill()
-                proc.wait(10)
-
-
-def start(started: list[Served], tmp_path: Path, interface: str, loop: str) -> Served:
-    (tmp_path / "streamapp.py").write_text(ASGI_APP if interface == "asgi" else WSGI_APP)
-    port = free_port()
-    log = tmp_path / "error.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FCGI_ASYNC_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fcgi_async", "streamapp:app", "--app-dir", str(tmp_path),
-         "--interface", interface, "--loop", loop, "--bind", f"127.0.0.1:{port}",
-         "--error-log", str(log), "--graceful-timeout", "2"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-    )  # fmt: skip
-    served = Served(proc, port, log)
-    started.append(served)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        with socket.socket() as s:
-            try:
-                s.connect(served.address)
-                break
-            except OSError:
-                pass
-        assert proc.poll() is None, served.log_lines()
-        assert time.monotonic() < deadline, "server not ready"
-        time.sleep(0.02)
-    return served
 
 
 def read_then_reset(served: Served, path: str) -> None:
@@ -223,9 +163,10 @@ def wait_idle(pid: int) -> None:
     ids=["asgi-back-to-back", "asgi-awaiting", "wsgi"],
 )
 def test_a_client_that_resets_mid_stream_stops_the_app(
-    serve: list[Served], tmp_path: Path, interface: str, path: str, loop: str
+    servers: list[Served], tmp_path: Path, interface: str, path: str, loop: str
 ) -> None:
-    served = start(serve, tmp_path, interface, loop)
+    app = ASGI_APP if interface == "asgi" else WSGI_APP
+    served = start(servers, tmp_path, app, "--interface", interface, "--loop", loop)
     pid = served.proc.pid
     assert hello(served) == b"hello"
     lines_before = len(served.log_lines())
