@@ -34,6 +34,7 @@ import contextlib
 import ipaddress
 import logging
 import socket
+import sys
 from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
@@ -280,6 +281,8 @@ class RequestHandle:
         if data:
             self.response_started = True
             proto.transport.writelines(proto.codec.send_stdout(self.request_id, data))
+            if _WRITELINES_MAY_NOT_PAUSE:
+                _pause_if_full(proto.transport)
         # Inline rather than a helper coroutine: this runs on every send.
         unyielded = self._unyielded + len(data) + SEND_CALL_COST
         if unyielded < YIELD_AFTER_BYTES:
@@ -294,6 +297,8 @@ class RequestHandle:
         if data:
             _log_stderr(self, data)
             proto.transport.writelines(proto.codec.send_stderr(self.request_id, data))
+            if _WRITELINES_MAY_NOT_PAUSE:
+                _pause_if_full(proto.transport)
         unyielded = self._unyielded + len(data) + SEND_CALL_COST
         if unyielded < YIELD_AFTER_BYTES:
             self._unyielded = unyielded
@@ -314,6 +319,8 @@ class RequestHandle:
             proto.transport.write(buffers[0])
         else:
             proto.transport.writelines(buffers)
+            if _WRITELINES_MAY_NOT_PAUSE:
+                _pause_if_full(proto.transport)
         proto.request_finished(self)
 
     def fail(self) -> None:
@@ -745,6 +752,25 @@ YIELD_AFTER_BYTES = 1024 * 1024
 #: of framing and the write): empty or tiny sends yield too, after at most
 #: YIELD_AFTER_BYTES // SEND_CALL_COST (64) of them.
 SEND_CALL_COST = 16 * 1024
+
+
+#: asyncio's selector transport on CPython 3.12.0-3.12.8 and 3.13.0-3.13.1 never pauses its
+#: protocol from ``writelines()`` (CPython gh-127655): a web server that reads slowly would
+#: make us buffer a whole response (the 100 MB slow-reader test buffered 99.8 MB on 3.13.0).
+#: On those versions each send asks the transport to pause us if its buffer is over the mark.
+_WRITELINES_MAY_NOT_PAUSE = (3, 12) <= sys.version_info < (3, 12, 9) or (
+    3,
+    13,
+) <= sys.version_info < (3, 13, 2)
+
+
+def _pause_if_full(transport: asyncio.Transport) -> None:
+    """What ``writelines()`` should have done (see :data:`_WRITELINES_MAY_NOT_PAUSE`): pause
+    the protocol when the write buffer is over its high-water mark. Only asyncio's own
+    transports have the (private, stable since 3.4) method; uvloop's pause by themselves."""
+    pause = getattr(transport, "_maybe_pause_protocol", None)
+    if pause is not None:
+        pause()
 
 
 def _log_stderr(handle: RequestHandle, data: bytes) -> None:
