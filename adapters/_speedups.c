@@ -5,7 +5,8 @@
  * always, and declines (returns None) everything else, which the Python reference then builds:
  * a root_path setting, a path with %-escapes or not UTF-8, no REQUEST_URI, an HTTPS or
  * REQUEST_SCHEME other than the plain forms, an HTTP_PROXY param, a param name not in names
- * (not learnt yet), a value that is not bytes, params that are not a dict.
+ * (not learnt yet), a value that is not bytes, params that are not a dict, a CONTENT_LENGTH
+ * that is neither empty nor ASCII digits (fcgi_async.cgi.parse_length; the reference drops it).
  * response_head(status: int, headers, status_lines: dict) -> bytes | None
  * mirrors fcgi_async.adapters.asgi._response_head_py for a status in 200..999 and headers given
  * as a list or tuple of (bytes, bytes) pairs holding no CR, LF or NUL; it declines anything
@@ -60,7 +61,7 @@ address(PyObject *host, PyObject *port, PyObject *no_port, PyObject **out)
     return *out == NULL ? -1 : 1;
 }
 
-static PyObject *k_request_uri, *k_query_string, *k_script_name, *k_path_info, *k_https,
+static PyObject *k_content_length, *k_request_uri, *k_query_string, *k_script_name, *k_path_info, *k_https,
     *k_request_scheme, *k_request_method, *k_server_protocol, *k_http_proxy;
 static PyObject *s_type, *s_http, *s_asgi, *s_version, *s_spec_version, *s_v30, *s_v24,
     *s_http_version, *s_method, *s_scheme, *s_https, *s_path, *s_raw_path, *s_root_path,
@@ -83,6 +84,22 @@ is(PyObject *v, const char *text)
 {
     Py_ssize_t n = (Py_ssize_t)strlen(text);
     return v != NULL && PyBytes_GET_SIZE(v) == n && memcmp(PyBytes_AS_STRING(v), text, n) == 0;
+}
+
+/* True when v (bytes) is a length fcgi_async.cgi.parse_length accepts: 1 to
+ * MAX_LENGTH_DIGITS (19) ASCII digits. */
+static int
+is_length(PyObject *v)
+{
+    const char *s = PyBytes_AS_STRING(v);
+    Py_ssize_t n = PyBytes_GET_SIZE(v);
+    if (n < 1 || n > 19)
+        return 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return 0;
+    }
+    return 1;
 }
 
 static int
@@ -157,11 +174,14 @@ http_scope(PyObject *self, PyObject *args)
     PyObject *server_addr = param(params, k_server_addr, &bad);
     PyObject *server_name = param(params, k_server_name, &bad);
     PyObject *server_port = param(params, k_server_port, &bad);
+    PyObject *content_length = param(params, k_content_length, &bad);
     PyObject *proxy = PyDict_GetItemWithError(params, k_http_proxy);
     if (PyErr_Occurred())
         return NULL;
     if (bad || proxy != NULL || empty(request_uri))
         Py_RETURN_NONE;
+    if (!empty(content_length) && !is_length(content_length))
+        Py_RETURN_NONE; /* an unknown length is no header: the reference drops it */
     PyObject *scheme_name;
     if (empty(https) && (empty(scheme) || is(scheme, "http")))
         scheme_name = s_http;
@@ -387,6 +407,7 @@ init_constants(void)
     B(k_server_addr, "SERVER_ADDR");
     B(k_server_name, "SERVER_NAME");
     B(k_server_port, "SERVER_PORT");
+    B(k_content_length, "CONTENT_LENGTH");
     B(k_request_uri, "REQUEST_URI");
     B(k_query_string, "QUERY_STRING");
     B(k_script_name, "SCRIPT_NAME");

@@ -79,7 +79,14 @@ from urllib.parse import quote_from_bytes
 
 import anyio
 
-from fcgi_async.cgi import STRIPPED_PARAMS, has_forbidden_chars, is_https, split_path
+from fcgi_async.cgi import (
+    STRIPPED_PARAMS,
+    describe_request,
+    has_forbidden_chars,
+    is_https,
+    parse_length,
+    split_path,
+)
 from fcgi_async.protocol import Role
 from fcgi_async.types import ClientDisconnected, Request
 
@@ -270,11 +277,6 @@ _http_scope: HttpScope = select_http_scope(not os.environ.get("FCGI_ASYNC_NO_SPE
 _c_response_head: ResponseHead = select_response_head(not os.environ.get("FCGI_ASYNC_NO_SPEEDUPS"))
 
 
-def _int_param(value: bytes | None) -> int | None:
-    """Parse a numeric param (a port, CONTENT_LENGTH); ``None`` when absent or not digits."""
-    return int(value) if value and value.isdigit() else None
-
-
 def _http_scope_py(
     params: Mapping[bytes, bytes], root_path_setting: bytes | None, state: dict[str, Any]
 ) -> dict[str, Any]:
@@ -303,6 +305,11 @@ def _http_scope_py(
             parts = _scope_parts_py(params, _translate_all(params), _CONTENT_HEADERS)
             assert parts is not None
     headers, client, server = parts
+    content_length = get(b"CONTENT_LENGTH")
+    if content_length and parse_length(content_length) is None:
+        # An unknown length (Caddy's -1, anything not digits) is no header: the body is read
+        # to its end, and the application never sees a value the adapter did not accept.
+        headers = [header for header in headers if header[0] != b"content-length"]
     raw_params = params
     for stripped in STRIPPED_PARAMS:
         if stripped in params:  # rare: copy only when there is something to hide
@@ -430,39 +437,36 @@ class ASGIAdapter:
         try:
             await self._app(scope, cycle.receive, cycle.send)
         except Exception as exc:
-            await self._app_raised(request, cycle, scope, exc)
+            await self._app_raised(request, cycle, exc)
         else:
             if cycle.state != _DONE:
-                await self._app_returned_early(request, cycle, scope)
+                await self._app_returned_early(request, cycle)
         finally:
             cycle.complete()
 
-    async def _app_raised(
-        self, request: Request, cycle: _Cycle, scope: Scope, exc: Exception
-    ) -> None:
+    async def _app_raised(self, request: Request, cycle: _Cycle, exc: Exception) -> None:
         """Finish a request whose application raised (see the module docstring)."""
         log = self._logger
-        where = f"{scope['method']} {scope['path']}"
+        where = describe_request(request.params)
         if request.disconnected:
             log.debug("ASGI application stopped after the client disconnected (%s): %r", where, exc)
             return
-        state = cycle.state
-        if state == _DONE:
+        if cycle.state == _DONE:
             log.error("Exception in ASGI application after its response (%s)", where, exc_info=exc)
-        elif state == _STREAMING:
+        elif request.response_started:  # not our state: what left decides (500 or fail())
             log.error("Exception in ASGI application mid-response (%s)", where, exc_info=exc)
             request.fail()
         else:
             log.error("Exception in ASGI application (%s)", where, exc_info=exc)
             await self._send_500(request)
 
-    async def _app_returned_early(self, request: Request, cycle: _Cycle, scope: Scope) -> None:
+    async def _app_returned_early(self, request: Request, cycle: _Cycle) -> None:
         """Finish a request whose application returned without completing its response."""
         log = self._logger
-        where = f"{scope['method']} {scope['path']}"
+        where = describe_request(request.params)
         if request.disconnected:
             log.debug("ASGI application returned after the client disconnected (%s)", where)
-        elif cycle.state == _STREAMING:
+        elif request.response_started:
             log.error("ASGI application returned without completing its response (%s)", where)
             request.fail()
         else:
@@ -481,20 +485,30 @@ class ASGIAdapter:
 # Response states of a cycle. Plain ints: compared on every send().
 _START: Final = 0  # nothing received from the application yet
 _STARTED: Final = 1  # http.response.start buffered, nothing written
-_STREAMING: Final = 2  # the header block was written, the body is incomplete
+_STREAMING: Final = 2  # the header block was handed to the request, the body is incomplete
 _DONE: Final = 3  # the response is complete
 
 
 class _Cycle:
     """The receive/send pair of one request (ASGI's "connection" for an ``http`` scope)."""
 
-    __slots__ = ("_body_done", "_done_future", "_head", "_remaining", "request", "state")
+    __slots__ = (
+        "_body_done",
+        "_done_future",
+        "_head",
+        "_head_only",
+        "_remaining",
+        "request",
+        "state",
+    )
 
     def __init__(self, request: Request) -> None:
         self.request = request
         self.state: int = _START
         self._head = b""
         self._body_done = False
+        # HEAD: the header block and no body (RFC 3875 §4.3.2; HAProxy answers 502 otherwise).
+        self._head_only = request.params.get(b"REQUEST_METHOD") == b"HEAD"
         # Bytes of body still expected per CONTENT_LENGTH; -1 unknown; None not parsed yet.
         self._remaining: int | None = None
         self._done_future: asyncio.Future[None] | None = None
@@ -512,8 +526,8 @@ class _Cycle:
         if not self._body_done:
             remaining = self._remaining
             if remaining is None:
-                remaining = _int_param(self.request.params.get(b"CONTENT_LENGTH"))
-                if remaining is None:
+                remaining = parse_length(self.request.params.get(b"CONTENT_LENGTH"))
+                if remaining is None:  # unknown (absent, -1, not digits): read to the end
                     remaining = -1
                 if remaining == 0:
                     self._body_done = True
@@ -569,28 +583,40 @@ class _Cycle:
         state = self.state
         if kind == "http.response.body":
             body = message.get("body", b"")
+            if type(body) is not bytes:
+                # Checked before anything is written: a wrong type is an application error
+                # that still gets a clean 500, not a response broken after its header block.
+                body = _as_bytes(body)
+            if self._head_only:
+                body = b""
             more = message.get("more_body", False)
+            # The state changes only once the bytes were handed on: a send that fails leaves
+            # the response as unstarted as it was.
             if state == _STARTED:
-                head, self._head = self._head, b""
+                head = self._head
                 if len(body) >= COPY_HEAD_BELOW:  # a large body is not copied behind the head
-                    self.state = _STREAMING
                     await request.send_stdout(head)
-                    head = b""
-                if more:
+                    self._head = head = b""
                     self.state = _STREAMING
+                if more:
                     await request.send_stdout(head + body if head else body)
+                    self._head = b""
+                    self.state = _STREAMING
                 else:
-                    self.state = _DONE
                     self.complete()
                     await request.end(head + body if head else body)
+                    self._head = b""
+                    self.state = _DONE
             elif state == _STREAMING:
                 if more:
-                    if body:
-                        await request.send_stdout(body)
+                    # Even an empty (or, for HEAD, discarded) chunk goes through send_stdout:
+                    # it raises once the client is gone and yields to the loop regularly, so
+                    # an application that only sends can neither spin nor starve the others.
+                    await request.send_stdout(body)
                 else:
-                    self.state = _DONE
                     self.complete()
                     await request.end(body)
+                    self.state = _DONE
             else:
                 self._out_of_order(kind)
         elif kind == "http.response.start":
@@ -612,6 +638,12 @@ class _Cycle:
     async def _send_file(self, path: str) -> None:
         """Finish the response with a file's content (``http.response.pathsend``)."""
         request = self.request
+        if self._head_only:  # the header block alone; the file is not read
+            head, self._head = self._head, b""
+            self.complete()
+            await request.end(head)
+            self.state = _DONE
+            return
         async with await anyio.open_file(path, "rb") as f:
             block = await f.read(PATHSEND_BLOCK_SIZE)
             while True:
@@ -622,16 +654,27 @@ class _Cycle:
                 if not following:
                     break
                 if self.state == _STARTED:
-                    head, self._head = self._head, b""
+                    await request.send_stdout(self._head + block)
+                    self._head = b""
                     self.state = _STREAMING
-                    await request.send_stdout(head + block)
                 else:
                     await request.send_stdout(block)
                 block = following
         head, self._head = self._head, b""
-        self.state = _DONE
         self.complete()
         await request.end(head + block)
+        self.state = _DONE
+
+
+def _as_bytes(body: object) -> bytes:
+    """A response body as ``bytes``: bytes-like objects are copied, anything else refused.
+
+    Raises:
+        TypeError: ``body`` is not bytes-like (a ``str`` most often).
+    """
+    if isinstance(body, bytearray | memoryview):
+        return bytes(body)
+    raise TypeError(f"ASGI response body must be bytes, not {type(body).__name__}")
 
 
 def _response_head(message: Message) -> bytes:

@@ -50,7 +50,14 @@ from threading import get_ident
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias, TypeVar, cast
 
-from fcgi_async.cgi import STRIPPED_PARAMS, has_forbidden_chars, is_https, split_path
+from fcgi_async.cgi import (
+    STRIPPED_PARAMS,
+    describe_request,
+    has_forbidden_chars,
+    is_https,
+    parse_length,
+    split_path,
+)
 from fcgi_async.protocol import Role
 from fcgi_async.types import ClientDisconnected, Request
 
@@ -664,6 +671,7 @@ class _Call:
     __slots__ = (
         "_adapter",
         "_head",
+        "_head_only",
         "_remaining",
         "errors",
         "request",
@@ -678,6 +686,9 @@ class _Call:
         self._remaining: int | None = None
         #: The header block was committed (handed to the loop, or returned for ``end``).
         self.sent = False
+        #: HEAD: the header block is sent and the body discarded (RFC 3875 §4.3.2: a script
+        #: must not send one; HAProxy answers 502 to a HEAD response with a body).
+        self._head_only = request.params.get(b"REQUEST_METHOD") == b"HEAD"
 
     # -- PEP 3333 callables -----------------------------------------------------------------
     def start_response(
@@ -721,6 +732,14 @@ class _Call:
 
     # -- the worker thread ------------------------------------------------------------------
     def _send(self, data: bytes) -> None:
+        if self._head_only:
+            # Nothing is written before the end (start_response may still change the
+            # headers), but a client gone meanwhile stops the application as it would a GET.
+            if self._head is None:
+                raise RuntimeError("the application yielded a body before start_response()")
+            if self.request.disconnected:
+                raise ClientDisconnected("the client disconnected")
+            return
         remaining = self._remaining
         if remaining is not None:
             if len(data) > remaining:
@@ -742,7 +761,9 @@ class _Call:
     def _finish(self, body: bytes) -> bytes:
         """The final write: the (truncated) body, preceded by the header block if unsent."""
         remaining = self._remaining
-        if remaining is not None and len(body) > remaining:
+        if self._head_only:
+            body = b""
+        elif remaining is not None and len(body) > remaining:
             body = body[:remaining]
         if self.sent:
             return body
@@ -757,6 +778,8 @@ class _Call:
 
     def _finish_parts(self, parts: list[bytes]) -> list[bytes]:
         """:meth:`_finish` for a body too big to join: the loop sends the parts in turn."""
+        if self._head_only:
+            return [self._finish(b"")]
         remaining = self._remaining
         if remaining is not None:
             kept: list[bytes] = []
@@ -828,6 +851,11 @@ class _Call:
                     continue
                 if type(chunk) is not bytes:
                     chunk = _as_bytes(chunk)
+                if self._head_only:
+                    # The first chunk shows start_response was called (an application may call
+                    # it lazily); the rest of the body is not produced for nobody (and an
+                    # endless one would never end). close() is called as always.
+                    return self._finish(b"")
                 remaining = self._remaining
                 if remaining is not None and len(chunk) >= remaining:
                     # The body is complete (PEP 3333: stop iterating once Content-Length is
@@ -940,17 +968,10 @@ class WSGIAdapter:
                 env["CONTENT_TYPE"] = content_type
             else:
                 pop("CONTENT_TYPE", None)
-        length: int | None = None
-        content_length = env.get("CONTENT_LENGTH")
-        if content_length:
-            try:
-                length = int(content_length)
-            except ValueError:
-                length = None
-            else:
-                if length < 0:
-                    length = None
-        else:
+        length = parse_length(env.get("CONTENT_LENGTH"))
+        if length is None:
+            # Unknown (absent, empty, Caddy's -1, not digits): wsgi.input reads to the end of
+            # the body, and the application sees no CONTENT_LENGTH rather than one we refused.
             pop("CONTENT_LENGTH", None)
         script_name, path_info, _, query_string = split_path(params, self._root_path)
         env["SCRIPT_NAME"] = script_name.decode("latin-1")
@@ -974,10 +995,8 @@ class WSGIAdapter:
         env["wsgi.input"] = _Input(request.receive, length)
         env["wsgi.errors"] = errors
         if request.role == Role.FILTER:
-            data_length = env.get("FCGI_DATA_LENGTH")
             env["fcgi.data"] = _Input(
-                request.receive_data,
-                int(data_length) if data_length and data_length.isdigit() else None,
+                request.receive_data, parse_length(params.get(b"FCGI_DATA_LENGTH"))
             )
         return env
 
@@ -1034,8 +1053,5 @@ class WSGIAdapter:
 
 
 def _describe(request: Request) -> str:
-    """``METHOD URI`` of a request, for log lines."""
-    params = request.params
-    method = params.get(b"REQUEST_METHOD", b"-").decode("latin-1")
-    uri = (params.get(b"REQUEST_URI") or params.get(b"SCRIPT_NAME") or b"-").decode("latin-1")
-    return f"{method} {uri}"
+    """``METHOD URI`` of a request, for log lines (escaped: request data cannot forge one)."""
+    return describe_request(request.params)

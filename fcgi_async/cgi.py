@@ -23,6 +23,11 @@ from urllib.parse import unquote_to_bytes
 #: which many HTTP libraries read as their proxy setting (httpoxy, CVE-2016-5385).
 STRIPPED_PARAMS = frozenset({b"HTTP_PROXY"})
 
+#: A CGI length of more digits than this is taken as unknown: 19 digits always fit a 64-bit
+#: field (the status scoreboard's), no real body comes near 10**19 bytes, and ``int()`` of a
+#: long digit string costs quadratic time (Python refuses beyond 4300 digits).
+MAX_LENGTH_DIGITS = 19
+
 
 PathInfo = tuple[bytes, bytes, bytes | None, bytes]
 """``(script_name, path_info, raw_path, query_string)`` of a request, from :func:`split_path`.
@@ -80,3 +85,64 @@ def has_forbidden_chars(value: bytes | str) -> bool:
     if isinstance(value, str):
         return "\r" in value or "\n" in value or "\0" in value
     return b"\r" in value or b"\n" in value or b"\0" in value
+
+
+def parse_length(value: bytes | str | None) -> int | None:
+    """A CGI length (CONTENT_LENGTH, FCGI_DATA_LENGTH): its value, or ``None`` when unknown.
+
+    The one parser every adapter and the status page use, so they never disagree on how long
+    a body is. Only ASCII digits are a length (``int()`` would also take ``" 5"``, ``"+5"`` and
+    ``"1_0"``, and ``isdigit()`` takes ``"²"``). Absent, empty, ``-1`` (what Caddy sends for a
+    chunked upload) and any other value that is not digits mean "unknown": the body is read to
+    the end of its stream, which the web server delimits. No value is ever negative, and none
+    has more than :data:`MAX_LENGTH_DIGITS` digits (a longer one is unknown too).
+    """
+    if not value or len(value) > MAX_LENGTH_DIGITS:
+        return None
+    if isinstance(value, str):
+        if not (value.isascii() and value.isdigit()):
+            return None
+    elif not value.isdigit():  # bytes.isdigit() is ASCII-only
+        return None
+    return int(value)
+
+
+def _escape_char(c: str) -> str:
+    o = ord(c)
+    if 0xDC80 <= o <= 0xDCFF:  # an invalid UTF-8 byte, kept by surrogateescape
+        return f"\\x{o - 0xDC00:02x}"
+    if o < 0x100:
+        return f"\\x{o:02x}"
+    return f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}"
+
+
+def printable(value: bytes | str) -> str:
+    """Request data (a param, a path, a method) made safe to quote in a log line.
+
+    The one escaping rule of every log line that quotes request data, so a request can never
+    forge a line: bytes are decoded as UTF-8, and every character that is not printable
+    (control characters such as CR and LF, DEL, U+2028, the bytes that are not UTF-8) becomes
+    ``\\xNN``, ``\\uNNNN`` or ``\\UNNNNNNNN``. ``\\`` and ``"`` are escaped with a backslash, so
+    the result is unambiguous and can stand inside double quotes. Printable text (the usual
+    case) is returned as is, at the cost of two scans.
+    """
+    text = value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+    if text.isprintable() and "\\" not in text and '"' not in text:
+        return text
+    return "".join(
+        c
+        if c.isprintable() and c != "\\" and c != '"'
+        else ("\\" + c if c == "\\" or c == '"' else _escape_char(c))
+        for c in text
+    )
+
+
+def describe_request(params: Mapping[bytes, bytes]) -> str:
+    """``METHOD URI`` of a request for a log line, both passed through :func:`printable`.
+
+    The URI is REQUEST_URI (as the client sent it), else SCRIPT_NAME; ``-`` for a missing one.
+    """
+    get = params.get
+    method = get(b"REQUEST_METHOD") or b"-"
+    uri = get(b"REQUEST_URI") or get(b"SCRIPT_NAME") or b"-"
+    return f"{printable(method)} {printable(uri)}"

@@ -47,7 +47,9 @@ where they agree; where they differ the choice is noted):
 =================  ==========================================================================
 
 Values that come from the request are escaped (``"`` and ``\\`` with a backslash, control
-characters as ``\\xNN``) so that one request is always one line a parser can split.
+characters and bytes that are not UTF-8 as ``\\xNN``, other unprintable characters as
+``\\uNNNN``; :func:`fcgi_async.cgi.printable`, the rule of every log line) so that one request
+is always one line a parser can split.
 
 Statuses without an answer from the application: ``499`` when the web server aborted the
 request before a response began (nginx's code for it), ``500`` when the server answered for
@@ -65,6 +67,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
+from .cgi import printable
 from .protocol import RequestReceived
 from .server.connection import FastCGIProtocol, RequestHandle
 from .types import Application, Request
@@ -79,9 +82,6 @@ ACCESS_LOGGER = "fcgi_async.access"
 Piece = str | Callable[["LoggedRequestHandle"], str]
 
 _CODE = re.compile(r"%(?:\{([^}]*)\})?(.)", re.DOTALL)
-_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
-_ESCAPES[ord('"')] = '\\"'
-_ESCAPES[ord("\\")] = "\\\\"
 _DURATION_UNITS: dict[str, Callable[[float], str]] = {
     "seconds": lambda s: f"{s:.3f}",
     "milliseconds": lambda s: f"{s * 1e3:.3f}",
@@ -91,17 +91,11 @@ _DURATION_UNITS: dict[str, Callable[[float], str]] = {
 }
 
 
-def _escape(text: str) -> str:
-    if text.isprintable() and '"' not in text and "\\" not in text:
-        return text
-    return text.translate(_ESCAPES)
-
-
 def _param(handle: RequestHandle, name: bytes, default: str = "-") -> str:
     value = handle.params.get(name)
     if not value:
         return default
-    return _escape(value.decode("utf-8", "backslashreplace"))
+    return printable(value)
 
 
 def request_path(params: object) -> bytes:
@@ -123,7 +117,7 @@ def request_path(params: object) -> bytes:
 def _uri_path(handle: RequestHandle) -> str:
     uri = handle.params.get(b"REQUEST_URI")
     path = uri.partition(b"?")[0] if uri else request_path(handle.params)
-    return _escape(path.decode("utf-8", "backslashreplace")) if path else "-"
+    return printable(path) if path else "-"
 
 
 def _query(handle: RequestHandle) -> str:
@@ -132,13 +126,13 @@ def _query(handle: RequestHandle) -> str:
 
 def _request_line(handle: RequestHandle) -> str:
     uri = handle.params.get(b"REQUEST_URI")
-    target = _escape(uri.decode("utf-8", "backslashreplace")) if uri else _uri_path(handle)
+    target = printable(uri) if uri else _uri_path(handle)
     return f"{_param(handle, b'REQUEST_METHOD')} {target} {_param(handle, b'SERVER_PROTOCOL')}"
 
 
 def _remote(handle: RequestHandle) -> str:
     addr = handle.params.get(b"REMOTE_ADDR")
-    return _escape(addr.decode("latin-1")) if addr else handle.peer
+    return printable(addr) if addr else handle.peer
 
 
 def _time(fmt: str | None) -> Callable[[LoggedRequestHandle], str]:

@@ -59,6 +59,8 @@ _POOL_FIELDS = (
 _DETAIL = struct.Struct("=ddQQ16s232s")
 _OFF_DETAIL_SLOW = 24
 _SLOW = struct.Struct("=Q")
+#: The largest value of an unsigned 64-bit field (``Q``).
+_U64_MAX = 2**64 - 1
 
 
 class WorkerState(enum.IntEnum):
@@ -205,8 +207,16 @@ class Scoreboard:
         method: bytes,
         uri: bytes,
     ) -> None:
-        """Worker side: publish the current (``duration`` -1) or last request of ``slot``."""
+        """Worker side: publish the current (``duration`` -1) or last request of ``slot``.
+
+        Never fails a request over a value that does not fit its field: the counts are clamped
+        to 0..2**64-1 (``method`` and ``uri`` are cut to their fields by ``struct``).
+        """
         self._base(slot)
+        if not 0 <= content_length <= _U64_MAX:
+            content_length = min(max(content_length, 0), _U64_MAX)
+        if not 0 <= slow_requests <= _U64_MAX:
+            slow_requests = min(max(slow_requests, 0), _U64_MAX)
         _DETAIL.pack_into(
             self._mem,
             self._detail_base + slot * _DETAIL.size,

@@ -55,6 +55,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .cgi import parse_length
 from .logs import request_path
 from .netaddr import host_allowed
 from .scoreboard import WorkerState
@@ -373,10 +374,8 @@ class StatusApp:
 
     def _begin(self, params: Any) -> tuple[float, float, bytes, bytes, int]:
         """Publish a starting request as this process's current one; return its entry."""
-        try:
-            length = int(params.get(b"CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = 0
+        # The adapters' parser: a length they take as unknown (absent, -1, not digits) is 0.
+        length = parse_length(params.get(b"CONTENT_LENGTH")) or 0
         method = params.get(b"REQUEST_METHOD") or b""
         uri = params.get(b"REQUEST_URI") or request_path(params)
         self.last = entry = (time.monotonic(), -1.0, method, uri, length)

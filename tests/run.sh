@@ -63,3 +63,37 @@ FCGI_ASYNC_NO_SPEEDUPS=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tes
 # The adapter suite once more on the pure-Python reference of the ASGI scope accelerator.
 step "FCGI_ASYNC_NO_SPEEDUPS=1 .venv/bin/python -m pytest -q tests/adapters"
 FCGI_ASYNC_NO_SPEEDUPS=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/adapters </dev/null
+
+# Python 3.13, in a second venv: its asyncio differs where it matters (a client that vanished
+# mid-stream made 3.13 grow by gigabytes a second while 3.11 passed, and its writelines() did
+# not pause us for a slow reader), so CI runs the tests of the adapters, the request seam, the
+# raw-socket server and the hostile adapter tests there too. (The whole suite is not green on
+# 3.13 yet: supervisor, socket-activation and lighttpd tests fail there for other reasons.)
+# python3.13 from PATH, else from pyenv; missing, it fails the run in CI (CI=true) and is
+# skipped with a notice elsewhere.
+PY313=""
+for candidate in "$(command -v python3.13 || true)" "$HOME"/.pyenv/versions/3.13*/bin/python3.13; do
+    if [ -n "$candidate" ] && [ -x "$candidate" ] && "$candidate" -c 'import sys' >/dev/null 2>&1; then
+        PY313="$candidate"
+        break
+    fi
+done
+if [ -z "$PY313" ]; then
+    if [ "${CI:-}" = "true" ]; then
+        echo "tests/run.sh: python3.13 not found (PATH, ~/.pyenv/versions/3.13*/bin)" >&2
+        exit 1
+    fi
+    step "NOTICE: python3.13 not found (PATH, ~/.pyenv/versions/3.13*/bin): the 3.13 run is SKIPPED"
+else
+    VENV313="$ROOT/.venv313"
+    if [ ! -x "$VENV313/bin/python" ]; then
+        step "$PY313 -m venv $VENV313"
+        "$PY313" -m venv "$VENV313"
+    fi
+    step "pip install -e '.[test]' (Python 3.13)"
+    "$VENV313/bin/python" -m pip install -q -e '.[test]' </dev/null
+    PY313_TESTS=(tests/adapters tests/server tests/integration/test_raw_sockets.py
+        tests/hostile/test_adapters_*.py)
+    step ".venv313/bin/python -m pytest -q ${PY313_TESTS[*]}"
+    "$VENV313/bin/python" -m pytest -q -p no:cacheprovider "${PY313_TESTS[@]}" </dev/null
+fi

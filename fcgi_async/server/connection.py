@@ -33,9 +33,11 @@ import asyncio
 import contextlib
 import logging
 import socket
+import sys
 from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
+from ..cgi import printable
 from ..netaddr import Network, host_allowed
 from ..protocol import (
     NEED_DATA,
@@ -92,6 +94,7 @@ class RequestHandle:
         "_disconnect_event",
         "_drain_waiters",
         "_proto",
+        "_unyielded",
         "_waiters",
         "disconnected",
         "done",
@@ -121,6 +124,8 @@ class RequestHandle:
         self._waiters: list[asyncio.Future[None]] = []
         self._disconnect_event: asyncio.Event | None = None
         self._drain_waiters: list[asyncio.Future[None]] = []
+        #: Send cost since this request last gave the loop a turn (see YIELD_AFTER_BYTES).
+        self._unyielded = 0
         self.disconnected = False
         self.done = False
         self.response_started = False
@@ -246,23 +251,45 @@ class RequestHandle:
     def _check_writable(self) -> FastCGIProtocol:
         if self.done or self.disconnected:
             raise ClientDisconnected(f"request {self.request_id} from {self.peer} went away")
-        return self._proto
+        proto = self._proto
+        if proto.closed or proto.transport.is_closing():
+            # The connection is lost or closing, perhaps without connection_lost having run
+            # yet (a write failed with ECONNRESET a moment ago). Nothing more is written: the
+            # transport would drop it (asyncio logs every such write), and an application
+            # that only sends would never learn the client is gone.
+            self._disconnect()
+            raise ClientDisconnected(f"connection from {self.peer} lost")
+        return proto
 
     async def _writable(self) -> FastCGIProtocol:
         proto = self._check_writable()
         if proto.write_paused:
             await proto.drain(self)
+            self._unyielded = 0  # the loop ran while we waited
             proto = self._check_writable()
         return proto
 
     async def send_stdout(self, data: bytes) -> None:
-        """Send response bytes, waiting for flow control (see the Request protocol)."""
+        """Send response bytes, waiting for flow control (see the Request protocol).
+
+        An empty ``data`` writes nothing but still raises once the connection is gone and
+        counts towards the regular yield to the loop (see :data:`YIELD_AFTER_BYTES`).
+        """
         proto = self._check_writable()
         if proto.write_paused:
             proto = await self._writable()
         if data:
             self.response_started = True
             proto.transport.writelines(proto.codec.send_stdout(self.request_id, data))
+            if _WRITELINES_MAY_NOT_PAUSE:
+                _pause_if_full(proto.transport)
+        # Inline rather than a helper coroutine: this runs on every send.
+        unyielded = self._unyielded + len(data) + SEND_CALL_COST
+        if unyielded < YIELD_AFTER_BYTES:
+            self._unyielded = unyielded
+        else:  # YIELD_AFTER_BYTES sent without a wait: give the others a turn
+            self._unyielded = 0
+            await asyncio.sleep(0)
 
     async def send_stderr(self, data: bytes) -> None:
         """Send bytes on the STDERR stream; each line is also logged with this request."""
@@ -270,12 +297,18 @@ class RequestHandle:
         if data:
             _log_stderr(self, data)
             proto.transport.writelines(proto.codec.send_stderr(self.request_id, data))
+            if _WRITELINES_MAY_NOT_PAUSE:
+                _pause_if_full(proto.transport)
+        unyielded = self._unyielded + len(data) + SEND_CALL_COST
+        if unyielded < YIELD_AFTER_BYTES:
+            self._unyielded = unyielded
+        else:  # as in send_stdout
+            self._unyielded = 0
+            await asyncio.sleep(0)
 
     async def end(self, stdout: bytes = b"", app_status: int = 0) -> None:
         """Send the last bytes, close the streams and END_REQUEST in one write."""
-        if self.done or self.disconnected:
-            raise ClientDisconnected(f"request {self.request_id} from {self.peer} went away")
-        proto = self._proto
+        proto = self._check_writable()
         if proto.write_paused:
             proto = await self._writable()
         if stdout:
@@ -286,6 +319,8 @@ class RequestHandle:
             proto.transport.write(buffers[0])
         else:
             proto.transport.writelines(buffers)
+            if _WRITELINES_MAY_NOT_PAUSE:
+                _pause_if_full(proto.transport)
         proto.request_finished(self)
 
     def fail(self) -> None:
@@ -705,17 +740,50 @@ class FastCGIProtocol(asyncio.Protocol):
         self.transport.abort()
 
 
+#: A request that sends this many bytes without ever waiting for the socket gives the loop
+#: a turn (``sleep(0)``). Sends that the kernel takes at once never wait, so without it an
+#: application that only sends (an endless event stream, a large generated body) holds the
+#: loop: no other request, timer or connection_lost runs until it stops. At 1 MiB the others
+#: wait about a millisecond at most, and the yield (one loop iteration, a few µs) is lost in
+#: the noise of a 4 KiB-chunk stream (~1.5 µs of process CPU time per send either way; at
+#: 256 KiB it showed). Not a setting: it bounds our own loop's latency, not a peer's use.
+YIELD_AFTER_BYTES = 1024 * 1024
+#: What one send counts for, towards YIELD_AFTER_BYTES, besides its bytes (the per-call cost
+#: of framing and the write): empty or tiny sends yield too, after at most
+#: YIELD_AFTER_BYTES // SEND_CALL_COST (64) of them.
+SEND_CALL_COST = 16 * 1024
+
+
+#: asyncio's selector transport on CPython 3.12.0-3.12.8 and 3.13.0-3.13.1 never pauses its
+#: protocol from ``writelines()`` (CPython gh-127655): a web server that reads slowly would
+#: make us buffer a whole response (the 100 MB slow-reader test buffered 99.8 MB on 3.13.0).
+#: On those versions each send asks the transport to pause us if its buffer is over the mark.
+_WRITELINES_MAY_NOT_PAUSE = (3, 12) <= sys.version_info < (3, 12, 9) or (
+    3,
+    13,
+) <= sys.version_info < (3, 13, 2)
+
+
+def _pause_if_full(transport: asyncio.Transport) -> None:
+    """What ``writelines()`` should have done (see :data:`_WRITELINES_MAY_NOT_PAUSE`): pause
+    the protocol when the write buffer is over its high-water mark. Only asyncio's own
+    transports have the (private, stable since 3.4) method; uvloop's pause by themselves."""
+    pause = getattr(transport, "_maybe_pause_protocol", None)
+    if pause is not None:
+        pause()
+
+
 def _log_stderr(handle: RequestHandle, data: bytes) -> None:
     """Log what an application sends on STDERR, one record per line, with its request.
 
     Level WARNING, as php-fpm logs what its children say into stderr; the record carries
     ``request_id``, ``request_method`` and ``request_uri`` attributes for structured handlers.
+    The method and URI are escaped (:func:`fcgi_async.cgi.printable`): a request cannot forge
+    a log line.
     """
     params = handle.params
-    method = params.get(b"REQUEST_METHOD", b"-").decode("latin-1")
-    uri = (params.get(b"REQUEST_URI") or params.get(b"SCRIPT_NAME") or b"-").decode(
-        "utf-8", "backslashreplace"
-    )
+    method = printable(params.get(b"REQUEST_METHOD") or b"-")
+    uri = printable(params.get(b"REQUEST_URI") or params.get(b"SCRIPT_NAME") or b"-")
     extra = {"request_id": handle.request_id, "request_method": method, "request_uri": uri}
     log = handle.logger
     for line in data.decode("utf-8", "backslashreplace").splitlines():

@@ -36,6 +36,8 @@ import traceback
 from types import FrameType
 from typing import TYPE_CHECKING, Final
 
+from ..cgi import describe_request, printable
+
 if TYPE_CHECKING:
     from .connection import RequestHandle
     from .server import ServerState
@@ -153,7 +155,7 @@ class RequestWatch:
         )
         script = params.get(b"SCRIPT_FILENAME")
         if script:
-            header += f" script_filename={_printable(script)}"
+            header += f" script_filename={printable(script)}"
         lines = stack_lines(handle, task)
         if self.slowlog_path is None:
             slowlog_logger.warning("%s\n%s", header, "".join(lines).rstrip("\n"))
@@ -241,17 +243,6 @@ def _open_append(path: str) -> int:
     return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
 
-def _printable(value: bytes) -> str:
-    """A param for a log line: latin-1 text with control characters escaped (no log forging)."""
-    text = value.decode("latin-1")
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
-
-
 def _describe(handle: RequestHandle) -> str:
-    """``METHOD URI`` of a request."""
-    params = handle.params
-    method = params.get(b"REQUEST_METHOD") or b"-"
-    uri = params.get(b"REQUEST_URI") or params.get(b"SCRIPT_NAME") or b"-"
-    return f"{_printable(method)} {_printable(uri)}"
+    """``METHOD URI`` of a request, escaped like every log line's request data."""
+    return describe_request(handle.params)

@@ -138,8 +138,9 @@ class FakeRequest:
 
     async def send_stdout(self, data: bytes) -> None:
         await self._gate()
-        self.writes += 1
-        self.stdout.append(bytes(data))
+        if data:  # as the real handle: an empty send checks and waits, but writes nothing
+            self.writes += 1
+            self.stdout.append(bytes(data))
 
     async def send_stderr(self, data: bytes) -> None:
         await self._gate()

@@ -14,7 +14,7 @@ from fcgi_async.adapters import asgi
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fcgi_async.cgi import STRIPPED_PARAMS
+from fcgi_async.cgi import MAX_LENGTH_DIGITS, STRIPPED_PARAMS
 
 from .fakes import FakeRequest
 
@@ -91,6 +91,7 @@ def test_builds_what_nginx_sends() -> None:
         {b"SERVER_PROTOCOL": b"HTTP/2.0", b"REQUEST_METHOD": b"PROPFIND"},
         {b"SERVER_PROTOCOL": b"HTTP/1.0", b"REQUEST_METHOD": b""},
         {b"SERVER_PROTOCOL": b"SPDY", b"CONTENT_TYPE": b"text/plain", b"CONTENT_LENGTH": b"3"},
+        {b"CONTENT_LENGTH": b"9" * MAX_LENGTH_DIGITS},
         {b"REMOTE_PORT": b"", b"SERVER_PORT": b"x", b"SERVER_ADDR": b""},
         {b"REMOTE_ADDR": b"", b"SERVER_NAME": b"", b"SERVER_ADDR": b""},
     ],
@@ -110,6 +111,10 @@ def test_common_variants_are_built_alike(change: dict[bytes, bytes]) -> None:
         ({b"HTTPS": b"on", b"REQUEST_SCHEME": b"http"}, None),
         ({b"HTTP_PROXY": b"http://evil"}, None),
         ({b"HTTP_HOST": "not bytes"}, None),
+        ({b"CONTENT_LENGTH": b"-1"}, None),  # unknown lengths: the reference drops them
+        ({b"CONTENT_LENGTH": b" 5"}, None),
+        ({b"CONTENT_LENGTH": "\u00b2".encode()}, None),
+        ({b"CONTENT_LENGTH": b"1" * (MAX_LENGTH_DIGITS + 1)}, None),
         ({}, b"/mount"),
     ],
 )
@@ -127,6 +132,11 @@ def test_unknown_names_and_other_mappings_are_declined() -> None:
     assert C(Params(NGINX), None, {}, learnt(NGINX)) is None
 
 
+def test_c_knows_the_longest_length() -> None:
+    """C accepts CONTENT_LENGTH of 1 to 19 digits: MAX_LENGTH_DIGITS must be taught to it."""
+    assert MAX_LENGTH_DIGITS == 19
+
+
 def test_c_knows_every_stripped_param() -> None:
     """C declines HTTP_PROXY by name: a new entry in STRIPPED_PARAMS must be taught to it."""
     assert frozenset({b"HTTP_PROXY"}) == STRIPPED_PARAMS
@@ -135,10 +145,13 @@ def test_c_knows_every_stripped_param() -> None:
 names = st.sampled_from([*NGINX, b"PATH_INFO", b"HTTPS", b"HTTP_X_A", b"HTTP_"]) | (
     st.binary(max_size=10)
 )
+#: CONTENT_LENGTH values the parser refuses (the C builder declines them) or just accepts.
+LENGTHS = [b"-1", b" 5", b"+5", b"1_0", "\u00b2".encode(), b"9" * 19, b"9" * 20]
 values = (
     st.sampled_from(
         [b"", b"0", b"80", b"0080", b"8o", b"on", b"https", b"http", b"HTTP/2", b"/a?b", b"/%2F"]
     )
+    | st.sampled_from(LENGTHS)
     | st.builds(lambda parts: b"/".join(parts), st.lists(st.binary(max_size=4), max_size=4))
     | st.binary(max_size=8)
 )

@@ -295,6 +295,23 @@ def test_scoreboard_keeps_what_exited_workers_served() -> None:
         board.close()
 
 
+def test_the_scoreboard_clamps_what_does_not_fit() -> None:
+    """Bookkeeping never fails a request: values beyond a 64-bit field are clamped."""
+    board = Scoreboard(1)
+    try:
+        board.reset(0, now=time.monotonic(), state=WorkerState.STARTING)
+        for length, slow, shown in [(-1, -5, (0, 0)), (2**64, 2**64, (2**64 - 1,) * 2)]:
+            board.set_request(
+                0, started_at=1.0, duration=-1.0, content_length=length, slow_requests=slow,
+                method=b"POST" * 10, uri=b"/u" * 200,
+            )  # fmt: skip
+            info = board.request(0)
+            assert (info.content_length, info.slow_requests) == shown
+            assert info.method == "POSTPOSTPOSTPOST"  # cut to its 16-byte field
+    finally:
+        board.close()
+
+
 # ------------------------------------------------------------------------ with workers
 RAW_APP = """
 import asyncio, os, time
@@ -403,6 +420,32 @@ async def test_fields_add_up_over_two_workers(supervised: str) -> None:
     assert sum(per_worker) == sent
 
     assert (await fcgi_request(sock, params_for("/ping"))).body == b"pong"
+
+
+@pytest.mark.parametrize(
+    ("content_length", "shown"),
+    [("-1", 0), (str(2**64), 0), ("9" * 19, 10**19 - 1), ("+5", 0), ("\u00b2", 0), ("7", 7)],
+)
+async def test_any_content_length_is_served_and_shown_as_the_adapters_parse_it(
+    supervised: str, content_length: str, shown: int
+) -> None:
+    """CONTENT_LENGTH -1 (Caddy) or 2**64 once made the scoreboard raise and every such request
+    a 500; the status page shows the length the adapters' parser accepts (unknown: 0)."""
+    sock = supervised
+    await wait_both_workers(sock)
+    lengths: set[int] = set()
+    for _ in range(20):  # until the worker that served /up is not the one serving /status
+        response = await fcgi_request(
+            sock, params_for("/up", "POST", CONTENT_LENGTH=content_length), b"abcdefg"
+        )
+        assert response.status == 200, response
+        assert response.body.isdigit()
+        doc = json.loads((await fcgi_request(sock, params_for("/status?json&full"))).body)
+        rows = doc["processes"]
+        lengths = {row["content length"] for row in rows if row["request uri"] == "/up"}
+        if lengths:
+            break
+    assert lengths == {shown}
 
 
 async def test_max_children_reached(tmp_path: Path) -> None:
