@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -56,6 +57,25 @@ class Timeouts:
     read: float | None = DEFAULT_READ_TIMEOUT_S
     write: float | None = DEFAULT_WRITE_TIMEOUT_S
     total: float | None = DEFAULT_TOTAL_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        """Refuse limits that cannot bound anything: NaN, infinite or not above zero.
+
+        Raises:
+            ValueError: naming the field and the value (``None`` is how to say "no limit").
+        """
+        for name in ("connect", "pool", "read", "write", "total"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0 < value < math.inf
+            ):
+                raise ValueError(
+                    f"timeout {name} must be a finite number of seconds > 0 or None, not {value!r}"
+                )
 
 
 class Budget:
