@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .address import Address, parse_address
+from .balancer import FastCGIBalancer
 from .errors import (
     CantMultiplex,
     ConnectError,
@@ -49,6 +50,7 @@ __all__ = [
     "CantMultiplex",
     "ConnectError",
     "ConnectionLost",
+    "FastCGIBalancer",
     "FastCGIClient",
     "FastCGIError",
     "FastCGISyncTransport",

@@ -251,6 +251,11 @@ class FastCGIClient:
         return self._multiplex
 
     @property
+    def load(self) -> int:
+        """Requests running on or waiting for this pool's connections (least-busy choice)."""
+        return sum(c.slots for c in self._connections) + len(self._waiting)
+
+    @property
     def connections(self) -> list[Connection]:
         """The pool's connections (a copy; for tests and diagnostics)."""
         return list(self._connections)
@@ -563,7 +568,7 @@ class FastCGIClient:
             ResponseTooLarge: the head, body or STDERR passed its limit (request aborted).
             FastCGIError: see :mod:`fcgi_async.client.errors`.
         """
-        limits = self._limits(timeout, timeouts)
+        limits = self.limits(timeout, timeouts)
         streaming = await self._open(params, body, role, limits, max_response_bytes)
         async with streaming as response:
             data = await response.aread()
@@ -595,7 +600,7 @@ class FastCGIClient:
         not ``aiter_bytes()``.
         """
         response = await self._open(
-            params, body, role, self._limits(timeout, timeouts), max_response_bytes
+            params, body, role, self.limits(timeout, timeouts), max_response_bytes
         )
         try:
             yield response
@@ -618,7 +623,9 @@ class FastCGIClient:
         """
         return await self._open(params, body, role, timeouts or self.timeouts, max_response_bytes)
 
-    def _limits(self, timeout: float | None, timeouts: Timeouts | None) -> Timeouts:
+    def limits(self, timeout: float | None, timeouts: Timeouts | None) -> Timeouts:
+        """The time limits of one request: ``timeouts`` (or the client's) with ``timeout``
+        as the total deadline when given."""
         base = timeouts or self.timeouts
         if timeout is None:
             return base
