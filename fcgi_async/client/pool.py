@@ -232,6 +232,9 @@ class FastCGIClient:
         #: The learned connection limit (php-fpm) and when it last changed.
         self._cap = max_connections
         self._cap_changed_at = 0.0
+        #: The limit the last wave of releases learned, and when it last released.
+        self._learned = max_connections
+        self._last_release = -math.inf
         self._timer: asyncio.TimerHandle | None = None
         self._connections: list[Connection] = []
         self._waiting: deque[_Waiter] = deque()
@@ -317,14 +320,23 @@ class FastCGIClient:
         if not idle:
             return
         answered = sum(1 for c in conns if c.answered)
+        if now - self._last_release < self._probe_interval:
+            # The same wave of releases: a process freed a moment ago has not yet accepted the
+            # connection waiting for it, so the count of the moment is low; keep the wave's
+            # highest count.
+            answered = max(answered, self._learned)
+        self._last_release = now
         cap = min(self._max_connections, max(1, answered))
-        if cap != self._cap:
+        if cap != self._learned:
             logger.debug(
-                "%s: a request waits to be accepted: closing %d idle connection(s), limit %d",
+                "%s: a request waits to be accepted while %d connection(s) are answered:"
+                " limit %d, idle connections close",
                 self.address,
-                len(idle),
+                answered,
                 cap,
             )
+            self._learned = cap
+        if cap != self._cap:
             self._cap = cap
             self._cap_changed_at = now
         for conn in idle:

@@ -30,6 +30,7 @@ DEFAULT_WRITE_TIMEOUT_S: Final = 60.0
 DEFAULT_TOTAL_TIMEOUT_S: Final = 300.0
 
 Phase = Literal["connect", "pool", "read", "write"]
+_NUMBER: Final = (int, float)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,13 +67,7 @@ class Timeouts:
         """
         for name in ("connect", "pool", "read", "write", "total"):
             value = getattr(self, name)
-            if value is None:
-                continue
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not 0 < value < math.inf
-            ):
+            if value is not None and not (type(value) in _NUMBER and 0 < value < math.inf):
                 raise ValueError(
                     f"timeout {name} must be a finite number of seconds > 0 or None, not {value!r}"
                 )
