@@ -114,12 +114,12 @@ class FastCGIBalancer:
         return self._down_until[index]
 
     def _mark_down(self, index: int, exc: FastCGIError) -> None:
-        until = asyncio.get_running_loop().time() + self.retry_after
-        if self._down_until[index] <= until:
+        now = asyncio.get_running_loop().time()
+        if self._down_until[index] <= now:  # one line per mark, not one per refused request
             logger.warning(
                 "%s: %s: marked down for %g s", self.clients[index].address, exc, self.retry_after
             )
-        self._down_until[index] = until
+        self._down_until[index] = now + self.retry_after
 
     async def _run(self, call: Callable[[FastCGIClient], Awaitable[T]]) -> T:
         last: FastCGIError | None = None
