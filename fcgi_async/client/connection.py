@@ -261,8 +261,7 @@ class Exchange:
             if budget is None:
                 await waiter
             else:
-                async with budget.phase("read"):
-                    await waiter
+                await budget.wait(waiter, "read")
 
     def close(self) -> None:
         """The caller is done: drop buffered data; abort the request if it is still running.

@@ -123,15 +123,13 @@ def _check_seconds(name: str, value: float | None) -> None:
 
 def encode_params(params: Params) -> list[tuple[bytes, bytes]]:
     """Return ``params`` as the bytes pairs FastCGI carries (``str`` encoded as UTF-8)."""
-    out: list[tuple[bytes, bytes]] = []
-    for name, value in params.items():
-        out.append(
-            (
-                name.encode() if isinstance(name, str) else bytes(name),
-                value.encode() if isinstance(value, str) else bytes(value),
-            )
+    return [
+        (
+            name.encode() if isinstance(name, str) else bytes(name),
+            value.encode() if isinstance(value, str) else bytes(value),
         )
-    return out
+        for name, value in params.items()
+    ]
 
 
 class _Waiter:
@@ -437,9 +435,13 @@ class FastCGIClient:
         waiter = _Waiter(asyncio.get_running_loop().create_future())
         self._waiting.append(waiter)
         self._reassign()
+        future = waiter.future
+        if future.done() and not future.cancelled() and future.exception() is None:
+            return future.result()  # a connection at once: nothing to wait for
         try:
-            async with budget.phase("pool"):
-                return await asyncio.shield(waiter.future)
+            # Cancelling this task cancels the future too; either way the clean-up below
+            # sees whether a connection had been assigned.
+            return await budget.wait(future, "pool")
         except BaseException:
             future = waiter.future
             if future.done() and not future.cancelled() and future.exception() is None:
