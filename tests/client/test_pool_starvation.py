@@ -19,7 +19,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fcgi_async.client import FastCGIClient, FastCGISyncTransport, FastCGITransport, build_params
+from fcgi_async.client import (
+    FastCGIClient,
+    FastCGISyncTransport,
+    FastCGITransport,
+    Timeout,
+    build_params,
+)
 
 from .conftest import PhpFpm, requires_php_fpm, run_php_fpm
 
@@ -199,3 +205,31 @@ def test_cli_calls_in_parallel(fpm: PhpFpm, n: int) -> None:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(5)
+
+
+async def test_a_pool_at_its_limit_gives_a_timeout_then_recovers(tmp_path: Path) -> None:
+    """php-fpm's only child is busy: a request with a short deadline fails with the typed
+    Timeout (never a hang), and the pool answers again once the child is free."""
+    with _fpm(tmp_path, 1) as fpm:
+        root = str(fpm.root)
+        async with FastCGIClient(fpm.address) as client:
+            slow = asyncio.create_task(
+                client.request(build_params("GET", "/work.php?i=0&us=2000000", document_root=root))
+            )
+            # Wait (bounded) until the slow request is sent: the idle child takes it.
+            deadline = time.monotonic() + 10
+            while not any(c.served for c in client.connections):
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            started = time.monotonic()
+            with pytest.raises(Timeout) as caught:
+                await client.request(
+                    build_params("GET", "/work.php?i=1", document_root=root), timeout=0.5
+                )
+            assert caught.value.phase == "total"
+            assert time.monotonic() - started < 5
+            assert (await asyncio.wait_for(slow, 20)).body == b"done 0"
+            again = await asyncio.wait_for(
+                client.request(build_params("GET", "/work.php?i=2", document_root=root)), 20
+            )
+            assert again.body == b"done 2"
