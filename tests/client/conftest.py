@@ -187,6 +187,7 @@ class PhpFpm:
     log: Path
     proc: subprocess.Popen[bytes] | None = None
     max_children: int = 2
+    pm: str = "static"
 
     def script(self, name: str) -> str:
         """Absolute path of a test script."""
@@ -258,7 +259,7 @@ clear_env = yes
         cmd.append("-R")
     with open(base / "stdout.log", "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    fpm = PhpFpm(f"unix:{sock}", sock, root, log, proc, max_children)
+    fpm = PhpFpm(f"unix:{sock}", sock, root, log, proc, max_children, pm)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while not (sock.exists() and _can_connect(sock)):

@@ -124,7 +124,11 @@ async def test_client_answers_every_request_in_its_share(fpm: PhpFpm, n: int) ->
             # The batch outlasts accept_grace (40 rounds of 5 ms at most 5 children): the pool
             # learned php-fpm's limit (one probe above it at most), so requests beyond it
             # queue in the pool and reuse kept-alive connections.
-            assert children <= client.connection_limit <= children + 1, client.connection_limit
+            assert client.connection_limit <= children + 1, client.connection_limit
+            if fpm.pm == "static" and children <= 2:
+                # Static children all accept the first burst; a wave of releases keeps that
+                # count (more children, or ondemand spawning, may lag on a loaded machine).
+                assert client.connection_limit >= children, client.connection_limit
     for i, (_, body) in enumerate(results):
         assert body == b"done %d" % i
     slowest = max(latency for latency, _ in results)
