@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .address import Address, parse_address
 from .app import FastCGIApp, FastCGIWSGIApp
+from .balancer import FastCGIBalancer
 from .errors import (
     CantMultiplex,
     ConnectError,
@@ -51,6 +52,7 @@ __all__ = [
     "ConnectError",
     "ConnectionLost",
     "FastCGIApp",
+    "FastCGIBalancer",
     "FastCGIClient",
     "FastCGIError",
     "FastCGISyncTransport",

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import sys
 from collections.abc import Sequence
 from typing import BinaryIO, Final
@@ -49,6 +50,18 @@ EXIT_TOO_LARGE: Final = 63
 DEFAULT_TIMEOUT_S: Final = 30.0
 
 _SIZE_UNITS: Final = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def _seconds(text: str) -> float:
+    """Parse a timeout: a finite number of seconds above zero (``nan``, ``inf``, ``-1`` and
+    ``0`` are refused: none of them bounds a wait)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of seconds > 0")
+    return value
 
 
 def _size(text: str) -> int:
@@ -112,14 +125,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-s", "--silent", action="store_true", help="no error messages or STDERR")
     p.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         default=DEFAULT_TIMEOUT_S,
         metavar="S",
         help="seconds for the whole exchange (%(default)s); exit status 28 when exceeded",
     )
     p.add_argument(
         "--read-timeout",
-        type=float,
+        type=_seconds,
         default=DEFAULT_READ_TIMEOUT_S,
         metavar="S",
         help=(

@@ -261,8 +261,7 @@ class Exchange:
             if budget is None:
                 await waiter
             else:
-                async with budget.phase("read"):
-                    await waiter
+                await budget.wait(waiter, "read")
 
     def close(self) -> None:
         """The caller is done: drop buffered data; abort the request if it is still running.
@@ -320,6 +319,11 @@ class Connection:
         self.reusable = True
         self.served = 0
         self.idle_since = 0.0
+        #: Loop time the pool created this connection for its first request.
+        self.created_at = 0.0
+        #: True once the server sent anything on it: a server process accepted it (php-fpm's
+        #: child then stays pinned to it until it closes).
+        self.answered = False
         self._connect_task: asyncio.Task[None] | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._reader: asyncio.StreamReader | None = None
@@ -353,6 +357,17 @@ class Connection:
     def is_idle(self) -> bool:
         """True when no request is assigned to or running on this connection."""
         return self.slots == 0 and not self.exchanges
+
+    def is_pending(self) -> bool:
+        """True while a request waits on it and the server never answered on it (it may
+        still sit in the server's accept queue)."""
+        return self.slots > 0 and not self.answered and self.state != State.CLOSED
+
+    def expires_at(self) -> float | None:
+        """Loop time at which this idle connection expires (``None``: busy or never)."""
+        if self.state != State.READY or self.keepalive_expiry is None or not self.is_idle():
+            return None
+        return self.idle_since + self.keepalive_expiry
 
     def is_closed(self) -> bool:
         """True once closed (by us or the server)."""
@@ -618,6 +633,7 @@ class Connection:
         self.close(error)
 
     def _dispatch(self, event: object) -> None:
+        self.answered = True
         if isinstance(event, StdoutReceived):
             ex = self.exchanges.get(event.request_id)
             if ex is not None:

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import math
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from typing import Final, Literal, TypeAlias
@@ -77,6 +78,17 @@ DEFAULT_GET_VALUES_TIMEOUT_S: Final = 1.0
 #: STDERR bytes kept per response; more is passed to ``on_stderr`` but not kept (STDERR as a
 #: whole is capped by ``max_response_bytes``).
 DEFAULT_MAX_STDERR_BYTES: Final = 1024 * 1024
+#: Seconds a request on a fresh connection may go unanswered while the pool keeps idle
+#: connections, when the server did not report FCGI_MAX_CONNS (php-fpm). Past it the pool closes
+#: its idle connections: each may pin the server process the request waits for. A hello.php
+#: answers in about a millisecond; a script slower than this on a fresh connection costs at
+#: most some reconnects.
+DEFAULT_ACCEPT_GRACE_S: Final = 0.1
+#: Seconds between two attempts to raise a learned connection limit by one while requests wait
+#: (the server may have gained free processes: other clients left, ``pm = ondemand``).
+DEFAULT_PROBE_INTERVAL_S: Final = 1.0
+#: Seconds the pool's timer fires late, so that the deadline it waits for has surely passed.
+TIMER_SLACK_S: Final = 0.001
 #: The names GET_VALUES asks by default (spec §4.1).
 DEFAULT_VALUE_NAMES: Final = ("FCGI_MAX_CONNS", "FCGI_MAX_REQS", "FCGI_MPXS_CONNS")
 
@@ -100,21 +112,24 @@ MaxBytes: TypeAlias = int | Literal[_ClientDefault.USE_CLIENT_DEFAULT] | None
 
 
 def _check_limit(name: str, value: int | None) -> None:
-    if value is not None and value < 1:
-        raise ValueError(f"{name} must be a positive number of bytes or None")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name} must be a positive number of bytes or None, not {value!r}")
+
+
+def _check_seconds(name: str, value: float | None) -> None:
+    if value is not None and not (isinstance(value, int | float) and 0 <= value < math.inf):
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, not {value!r}")
 
 
 def encode_params(params: Params) -> list[tuple[bytes, bytes]]:
     """Return ``params`` as the bytes pairs FastCGI carries (``str`` encoded as UTF-8)."""
-    out: list[tuple[bytes, bytes]] = []
-    for name, value in params.items():
-        out.append(
-            (
-                name.encode() if isinstance(name, str) else bytes(name),
-                value.encode() if isinstance(value, str) else bytes(value),
-            )
+    return [
+        (
+            name.encode() if isinstance(name, str) else bytes(name),
+            value.encode() if isinstance(value, str) else bytes(value),
         )
-    return out
+        for name, value in params.items()
+    ]
 
 
 class _Waiter:
@@ -134,8 +149,9 @@ class FastCGIClient:
         max_connections: connections open at once (lowered by the server's FCGI_MAX_CONNS).
         max_requests_per_connection: requests at once on one multiplexed connection.
         multiplex: ``None`` asks the server (GET_VALUES); ``True``/``False`` skip the question.
-        keepalive_expiry: seconds an idle connection is kept; ``0`` closes connections as soon
-            as they are idle; ``None`` keeps them until closed.
+        keepalive_expiry: seconds an idle connection is kept (a timer closes it then); ``0``
+            closes connections as soon as they are idle; ``None`` keeps them until closed or
+            until a waiting request needs its server process (see below).
         timeouts: default time limits of each request.
         get_values_timeout: how long the first request waits for the GET_VALUES answer.
         max_stderr_bytes: STDERR bytes kept per response (more is passed to ``on_stderr``).
@@ -148,14 +164,24 @@ class FastCGIClient:
             :data:`~fcgi_async.client.response.DEFAULT_MAX_RESPONSE_BYTES` (64 MiB).
         max_header_bytes: the most the CGI header block may take (64 KiB); a longer one, or
             one that never ends, raises :class:`ResponseTooLarge`.
+        accept_grace: seconds a request on a fresh connection may go unanswered before the
+            pool closes its idle connections (:data:`DEFAULT_ACCEPT_GRACE_S`; see below).
+        probe_interval: seconds between attempts to raise a learned connection limit
+            (:data:`DEFAULT_PROBE_INTERVAL_S`).
 
     Use as ``async with FastCGIClient(...) as client:`` or call :meth:`aclose`.
 
-    php-fpm does not multiplex, and each of its workers stays bound to an open kept-alive
-    connection until that connection closes (as with nginx's upstream keepalive): keep
-    ``max_connections`` at or below the pool's ``pm.max_children`` (php-fpm does not report
-    FCGI_MAX_CONNS), or pass ``keepalive_expiry=0``, or requests beyond it wait for an idle
-    connection to expire.
+    The concurrency rule (php-fpm): php-fpm does not multiplex, does not report
+    FCGI_MAX_CONNS, accepts a connection only when a child is free, and each child stays bound
+    to its connection until that connection closes. So when a server answers one request per
+    connection and says nothing of FCGI_MAX_CONNS, the pool never keeps an idle connection
+    while a request of its own has waited more than ``accept_grace`` unanswered on a fresh
+    connection: it closes the idle ones (their children accept the waiting connections) and
+    takes the number of connections the server had answered as its limit, so later requests
+    queue in the pool (FIFO) and reuse kept-alive connections instead of queuing in php-fpm's
+    accept queue. Every ``probe_interval`` with requests waiting it tries one connection more.
+    Idle connections also close on a timer after ``keepalive_expiry``, whether or not the
+    pool is used again, so other clients of the same php-fpm pool are not starved.
     """
 
     def __init__(
@@ -172,6 +198,8 @@ class FastCGIClient:
         on_stderr: Callable[[bytes], None] | None = None,
         max_response_bytes: int | None = DEFAULT_MAX_RESPONSE_BYTES,
         max_header_bytes: int = MAX_HEADER_BLOCK_BYTES,
+        accept_grace: float = DEFAULT_ACCEPT_GRACE_S,
+        probe_interval: float = DEFAULT_PROBE_INTERVAL_S,
     ) -> None:
         if max_connections < 1 or not 1 <= max_requests_per_connection <= MAX_REQUEST_ID:
             raise ValueError(
@@ -179,6 +207,10 @@ class FastCGIClient:
             )
         _check_limit("max_response_bytes", max_response_bytes)
         _check_limit("max_header_bytes", max_header_bytes)
+        _check_seconds("keepalive_expiry", keepalive_expiry)
+        _check_seconds("get_values_timeout", get_values_timeout)
+        _check_seconds("accept_grace", accept_grace)
+        _check_seconds("probe_interval", probe_interval)
         self.address = parse_address(address) if isinstance(address, str) else address
         self._max_connections = max_connections
         self._max_requests_per_connection = max_requests_per_connection
@@ -191,6 +223,17 @@ class FastCGIClient:
         self._on_stderr = on_stderr
         self.max_response_bytes = max_response_bytes
         self.max_header_bytes = max_header_bytes
+        self._accept_grace = accept_grace
+        self._probe_interval = probe_interval
+        #: FCGI_MAX_CONNS was reported: the server's capacity is known.
+        self._max_conns_known = False
+        #: The learned connection limit (php-fpm) and when it last changed.
+        self._cap = max_connections
+        self._cap_changed_at = 0.0
+        #: The limit the last wave of releases learned, and when it last released.
+        self._learned = max_connections
+        self._last_release = -math.inf
+        self._timer: asyncio.TimerHandle | None = None
         self._connections: list[Connection] = []
         self._waiting: deque[_Waiter] = deque()
         self._probe_task: asyncio.Task[None] | None = None
@@ -209,9 +252,25 @@ class FastCGIClient:
         return self._multiplex
 
     @property
+    def load(self) -> int:
+        """Requests running on or waiting for this pool's connections (least-busy choice)."""
+        return sum(c.slots for c in self._connections) + len(self._waiting)
+
+    @property
     def connections(self) -> list[Connection]:
         """The pool's connections (a copy; for tests and diagnostics)."""
         return list(self._connections)
+
+    @property
+    def connection_limit(self) -> int:
+        """Connections the pool opens at most now: ``max_connections``, lowered by the
+        server's FCGI_MAX_CONNS or, when the server does not say, by what it learned."""
+        return self._cap if self._adaptive() else self._max_connections
+
+    def _adaptive(self) -> bool:
+        # One request per connection and no FCGI_MAX_CONNS: the server's capacity is unknown
+        # (php-fpm), so the pool must learn it and never sit on idle connections meanwhile.
+        return self._multiplex is False and not self._max_conns_known
 
     # ------------------------------------------------------------- the sync step
     def _assign(self) -> list[Connection]:
@@ -224,6 +283,65 @@ class FastCGIClient:
             elif conn.has_expired(now):
                 self._connections.remove(conn)
                 closing.append(conn)
+        adaptive = self._adaptive()
+        if adaptive:
+            self._release_pinned(now, closing)
+        self._match(self._cap if adaptive else self._max_connections, now, closing)
+        if (
+            adaptive
+            and self._waiting
+            and self._cap < self._max_connections
+            and now - self._cap_changed_at >= self._probe_interval
+        ):
+            # Requests wait at the learned limit: try one connection more. If the server has
+            # no free process for it, the next release lowers the limit again.
+            self._cap += 1
+            self._cap_changed_at = now
+            self._match(self._cap, now, closing)
+        self._schedule(now, adaptive)
+        return closing
+
+    def _release_pinned(self, now: float, closing: list[Connection]) -> None:
+        """Close idle connections while a request waits to be accepted elsewhere.
+
+        A php-fpm child serves one connection until it closes: an idle kept-alive connection
+        holds a child that a request sent on another connection (in php-fpm's accept queue)
+        may be waiting for. After ``accept_grace`` seconds unanswered, the pool closes its idle
+        connections (as nginx, which keeps no connection to php-fpm by default) and takes the
+        number of answered connections as the server's limit for this pool.
+        """
+        conns = self._connections
+        grace = self._accept_grace
+        if not any(c.is_pending() and now - c.created_at >= grace for c in conns):
+            return
+        idle = [c for c in conns if c.is_idle()]
+        if not idle:
+            return
+        answered = sum(1 for c in conns if c.answered)
+        if now - self._last_release < self._probe_interval:
+            # The same wave of releases: a process freed a moment ago has not yet accepted the
+            # connection waiting for it, so the count of the moment is low; keep the wave's
+            # highest count.
+            answered = max(answered, self._learned)
+        self._last_release = now
+        cap = min(self._max_connections, max(1, answered))
+        if cap != self._learned:
+            logger.debug(
+                "%s: a request waits to be accepted while %d connection(s) are answered:"
+                " limit %d, idle connections close",
+                self.address,
+                answered,
+                cap,
+            )
+            self._learned = cap
+        if cap != self._cap:
+            self._cap = cap
+            self._cap_changed_at = now
+        for conn in idle:
+            conns.remove(conn)
+            closing.append(conn)
+
+    def _match(self, limit: int, now: float, closing: list[Connection]) -> None:
         in_flight = sum(c.slots for c in self._connections)
         while self._waiting:
             waiter = self._waiting[0]
@@ -237,7 +355,7 @@ class FastCGIClient:
                 # Fill the busiest connection first: requests share one multiplexed connection.
                 conn = max(available, key=lambda c: c.slots)
             else:
-                if len(self._connections) >= self._max_connections:
+                if len(self._connections) >= limit:
                     idle = [c for c in self._connections if c.is_idle()]
                     if not idle:
                         break
@@ -251,12 +369,51 @@ class FastCGIClient:
                     on_change=self._reassign,
                     on_cant_multiplex=self._cant_multiplex,
                 )
+                conn.created_at = now
                 self._connections.append(conn)
             self._waiting.popleft()
             conn.slots += 1
             in_flight += 1
             waiter.future.set_result(conn)
-        return closing
+
+    def _schedule(self, now: float, adaptive: bool) -> None:
+        """Arm the pool's one timer for its next decision: an idle connection's expiry, the
+        end of a pending request's accept grace, or the next probe of a learned limit."""
+        wake: float | None = None
+        has_idle = False
+        for conn in self._connections:
+            at = conn.expires_at()
+            if conn.is_idle():
+                has_idle = True
+            if at is not None and (wake is None or at < wake):
+                wake = at
+        if adaptive:
+            if has_idle:
+                for conn in self._connections:
+                    if conn.is_pending():
+                        at = conn.created_at + self._accept_grace
+                        if wake is None or at < wake:
+                            wake = at
+            if self._waiting and self._cap < self._max_connections:
+                at = self._cap_changed_at + self._probe_interval
+                if wake is None or at < wake:
+                    wake = at
+        timer = self._timer
+        if wake is None:
+            if timer is not None:
+                timer.cancel()
+                self._timer = None
+            return
+        wake = max(wake, now) + TIMER_SLACK_S
+        if timer is not None:
+            if timer.when() <= wake:
+                return  # an earlier wake-up decides again anyway
+            timer.cancel()
+        self._timer = asyncio.get_running_loop().call_at(wake, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._reassign()
 
     def _reassign(self) -> None:
         if self._closed:
@@ -278,9 +435,13 @@ class FastCGIClient:
         waiter = _Waiter(asyncio.get_running_loop().create_future())
         self._waiting.append(waiter)
         self._reassign()
+        future = waiter.future
+        if future.done() and not future.cancelled() and future.exception() is None:
+            return future.result()  # a connection at once: nothing to wait for
         try:
-            async with budget.phase("pool"):
-                return await asyncio.shield(waiter.future)
+            # Cancelling this task cancels the future too; either way the clean-up below
+            # sees whether a connection had been assigned.
+            return await budget.wait(future, "pool")
         except BaseException:
             future = waiter.future
             if future.done() and not future.cancelled() and future.exception() is None:
@@ -326,6 +487,7 @@ class FastCGIClient:
             self._multiplex = values.get(FCGI_MPXS_CONNS, b"").strip() == b"1"
         max_conns = _positive(values.get(FCGI_MAX_CONNS))
         if max_conns is not None:
+            self._max_conns_known = True
             self._max_connections = min(self._max_connections, max_conns)
         max_reqs = self._max_requests = _positive(values.get(FCGI_MAX_REQS))
         if max_reqs is not None and max_conns is not None:
@@ -420,7 +582,7 @@ class FastCGIClient:
             ResponseTooLarge: the head, body or STDERR passed its limit (request aborted).
             FastCGIError: see :mod:`fcgi_async.client.errors`.
         """
-        limits = self._limits(timeout, timeouts)
+        limits = self.limits(timeout, timeouts)
         streaming = await self._open(params, body, role, limits, max_response_bytes)
         async with streaming as response:
             data = await response.aread()
@@ -452,7 +614,7 @@ class FastCGIClient:
         not ``aiter_bytes()``.
         """
         response = await self._open(
-            params, body, role, self._limits(timeout, timeouts), max_response_bytes
+            params, body, role, self.limits(timeout, timeouts), max_response_bytes
         )
         try:
             yield response
@@ -475,7 +637,9 @@ class FastCGIClient:
         """
         return await self._open(params, body, role, timeouts or self.timeouts, max_response_bytes)
 
-    def _limits(self, timeout: float | None, timeouts: Timeouts | None) -> Timeouts:
+    def limits(self, timeout: float | None, timeouts: Timeouts | None) -> Timeouts:
+        """The time limits of one request: ``timeouts`` (or the client's) with ``timeout``
+        as the total deadline when given."""
         base = timeouts or self.timeouts
         if timeout is None:
             return base
@@ -496,6 +660,9 @@ class FastCGIClient:
         if self._closed:
             return
         self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         while self._waiting:
             waiter = self._waiting.popleft()
             if not waiter.future.done():

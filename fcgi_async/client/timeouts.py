@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 from .errors import Timeout
 
@@ -29,6 +30,8 @@ DEFAULT_WRITE_TIMEOUT_S: Final = 60.0
 DEFAULT_TOTAL_TIMEOUT_S: Final = 300.0
 
 Phase = Literal["connect", "pool", "read", "write"]
+_NUMBER: Final = (int, float)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,19 @@ class Timeouts:
     write: float | None = DEFAULT_WRITE_TIMEOUT_S
     total: float | None = DEFAULT_TOTAL_TIMEOUT_S
 
+    def __post_init__(self) -> None:
+        """Refuse limits that cannot bound anything: NaN, infinite or not above zero.
+
+        Raises:
+            ValueError: naming the field and the value (``None`` is how to say "no limit").
+        """
+        for name in ("connect", "pool", "read", "write", "total"):
+            value = getattr(self, name)
+            if value is not None and not (type(value) in _NUMBER and 0 < value < math.inf):
+                raise ValueError(
+                    f"timeout {name} must be a finite number of seconds > 0 or None, not {value!r}"
+                )
+
 
 class Budget:
     """The time limits of one running request: phase limits bounded by the total deadline."""
@@ -76,6 +92,29 @@ class Budget:
         if limit is None or remaining < limit:
             return remaining, "total"
         return limit, phase
+
+    async def wait(self, future: asyncio.Future[T], phase: Phase) -> T:
+        """Await ``future``, a private one of the caller's, within ``phase``'s limit.
+
+        The per-request hot path (waiting for a connection, for response bytes): one timer
+        that fails the future, instead of a cancel scope around the task.
+
+        Raises:
+            Timeout: a limit passed (``Timeout.phase`` names which); ``future`` then holds it.
+        """
+        seconds, which = self._limit(phase)
+        if seconds is None:
+            return await future
+        configured = self.timeouts.total if which == "total" else seconds
+        if seconds <= 0:
+            raise Timeout(f"{which} timeout of {configured:g} s expired", which)
+        handle = asyncio.get_running_loop().call_later(seconds, _expire, future, which, configured)
+        try:
+            return await future
+        finally:
+            handle.cancel()
+            if future.done() and not future.cancelled():
+                future.exception()  # a Timeout set just as this task was cancelled: seen
 
     @contextlib.asynccontextmanager
     async def phase(self, phase: Phase) -> AsyncIterator[None]:
@@ -99,3 +138,8 @@ class Budget:
             if cm.expired():
                 raise Timeout(f"{which} timeout of {configured:g} s expired", which) from None
             raise
+
+
+def _expire(future: asyncio.Future[Any], which: str, configured: float | None) -> None:
+    if not future.done():
+        future.set_exception(Timeout(f"{which} timeout of {configured:g} s expired", which))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -24,6 +24,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from .address import Address
+from .balancer import FastCGIBalancer
 from .errors import (
     ConnectError,
     ConnectionLost,
@@ -170,10 +171,10 @@ class FastCGITransport(httpx.AsyncBaseTransport):
     """An httpx async transport that speaks FastCGI to one server, like a web server would.
 
     Args:
-        address: the FastCGI server (``unix:PATH``, ``HOST:PORT``, ``[V6]:PORT``); or pass
-            ``client``.
-        client: an existing :class:`FastCGIClient` to send through (not closed by the
-            transport).
+        address: the FastCGI server (``unix:PATH``, ``HOST:PORT``, ``[V6]:PORT``), or a list
+            of them (a :class:`FastCGIBalancer` is made over them); or pass ``client``.
+        client: an existing :class:`FastCGIClient` or :class:`FastCGIBalancer` to send
+            through (not closed by the transport).
         script_filename: run this script for every request (a front controller).
         document_root: DOCUMENT_ROOT, and the directory SCRIPT_FILENAME is looked up in.
         split_path_info: regex splitting the path into SCRIPT_NAME and PATH_INFO.
@@ -185,7 +186,8 @@ class FastCGITransport(httpx.AsyncBaseTransport):
             send it with CONTENT_LENGTH, as nginx does by default (php-fpm ignores a body
             without CONTENT_LENGTH). ``False`` streams it with an empty CONTENT_LENGTH (nginx's
             ``fastcgi_request_buffering off``), which suits servers that read STDIN to its end.
-        **client_options: passed to :class:`FastCGIClient` when ``client`` is not given.
+        **client_options: passed to :class:`FastCGIClient` (or :class:`FastCGIBalancer`, e.g.
+            ``strategy``, ``retry_after``) when ``client`` is not given.
 
     The response's ``extensions["fastcgi_response"]`` is the underlying
     :class:`StreamingResponse` (its ``stderr`` is complete once the body was read). Errors are
@@ -195,9 +197,9 @@ class FastCGITransport(httpx.AsyncBaseTransport):
 
     def __init__(
         self,
-        address: str | Address | None = None,
+        address: str | Address | Sequence[str | Address] | None = None,
         *,
-        client: FastCGIClient | None = None,
+        client: FastCGIClient | FastCGIBalancer | None = None,
         script_filename: str | None = None,
         document_root: str | None = None,
         split_path_info: str | None = DEFAULT_SPLIT_PATH_INFO,
@@ -211,11 +213,14 @@ class FastCGITransport(httpx.AsyncBaseTransport):
         if client is None:
             if address is None:
                 raise TypeError("FastCGITransport needs an address or a client")
-            client = FastCGIClient(address, **client_options)
+            if isinstance(address, str | Address):
+                client = FastCGIClient(address, **client_options)
+            else:
+                client = FastCGIBalancer(address, **client_options)
             self._owns_client = True
         else:
             self._owns_client = False
-        self.client = client
+        self.client: FastCGIClient | FastCGIBalancer = client
         self._builder = _Builder(
             script_filename=script_filename,
             document_root=document_root,
@@ -311,7 +316,7 @@ class FastCGISyncTransport(httpx.BaseTransport):
     to one loop). Call :meth:`close` (``httpx.Client`` does) to stop the thread.
     """
 
-    def __init__(self, address: str | Address, **options: Any) -> None:
+    def __init__(self, address: str | Address | Sequence[str | Address], **options: Any) -> None:
         if "client" in options:
             raise TypeError("FastCGISyncTransport creates its own client; pass an address")
         self._loop = asyncio.new_event_loop()

@@ -172,6 +172,8 @@ SCRIPTS = {
     "redirect.php": "<?php header('Location: /elsewhere'); ",
     "stderr.php": "<?php error_log('hello from php'); echo 'ok';",
     "big.php": "<?php echo str_repeat('0123456789abcdef', 65536);",
+    "hello.php": "<?php echo 'hello ', $_GET['i'] ?? '', ' ', getmypid();",
+    "work.php": "<?php usleep((int)($_GET['us'] ?? 0)); echo 'done ', $_GET['i'] ?? '';",
 }
 
 
@@ -183,10 +185,25 @@ class PhpFpm:
     socket_path: Path
     root: Path
     log: Path
+    proc: subprocess.Popen[bytes] | None = None
+    max_children: int = 2
+    pm: str = "static"
 
     def script(self, name: str) -> str:
         """Absolute path of a test script."""
         return str(self.root / name)
+
+    def stop(self) -> None:
+        """Stop php-fpm (graceful SIGQUIT, then kill); idempotent."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGQUIT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 def _can_connect(path: Path) -> bool:
@@ -199,12 +216,17 @@ def _can_connect(path: Path) -> bool:
         return True
 
 
-@pytest.fixture(scope="module")
-def php_fpm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PhpFpm]:
-    """php-fpm in the foreground with its own pool on a unix socket; stopped at teardown."""
+@contextlib.contextmanager
+def run_php_fpm(
+    base: Path, *, max_children: int = 2, pm: str = "static", pool: str = "test"
+) -> Iterator[PhpFpm]:
+    """php-fpm in the foreground with its own pool on a unix socket under ``base``.
+
+    ``pm`` is ``static``, ``dynamic`` or ``ondemand``; stopped (SIGQUIT, then kill) on exit or
+    earlier by :meth:`PhpFpm.stop`.
+    """
     if not os.path.exists(PHP_FPM):
         pytest.skip(f"{PHP_FPM} is missing (.ci/run installs php8.2-fpm)")
-    base = tmp_path_factory.mktemp("fpm")
     root = base / "www"
     root.mkdir()
     for name, text in SCRIPTS.items():
@@ -213,6 +235,7 @@ def php_fpm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PhpFpm]:
     log = base / "php-fpm.log"
     as_root = os.getuid() == 0
     user = "user = root\ngroup = root\n" if as_root else ""
+    extra = "pm.start_servers = 1\npm.min_spare_servers = 1\npm.max_spare_servers = 1\n"
     conf = base / "php-fpm.conf"
     conf.write_text(
         f"""[global]
@@ -220,11 +243,11 @@ pid = {base}/php-fpm.pid
 error_log = {log}
 daemonize = no
 
-[test]
+[{pool}]
 {user}listen = {sock}
-pm = static
-pm.max_children = 2
-pm.status_path = /status
+pm = {pm}
+pm.max_children = {max_children}
+{extra if pm == "dynamic" else ""}pm.status_path = /status
 ping.path = /ping
 ping.response = pong
 catch_workers_output = yes
@@ -236,6 +259,7 @@ clear_env = yes
         cmd.append("-R")
     with open(base / "stdout.log", "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    fpm = PhpFpm(f"unix:{sock}", sock, root, log, proc, max_children, pm)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while not (sock.exists() and _can_connect(sock)):
@@ -244,14 +268,16 @@ clear_env = yes
             if time.monotonic() > deadline:
                 pytest.fail(f"php-fpm not ready after {START_TIMEOUT_S} s:\n{_read(log)}")
             time.sleep(0.02)
-        yield PhpFpm(f"unix:{sock}", sock, root, log)
+        yield fpm
     finally:
-        proc.send_signal(signal.SIGQUIT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        fpm.stop()
+
+
+@pytest.fixture(scope="module")
+def php_fpm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PhpFpm]:
+    """php-fpm (``pm = static``, 2 children) on a unix socket; stopped at teardown."""
+    with run_php_fpm(tmp_path_factory.mktemp("fpm")) as fpm:
+        yield fpm
 
 
 def _read(path: Path) -> str:
