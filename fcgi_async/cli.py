@@ -242,6 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="request body bytes buffered per connection before reading pauses (%(default)s)",
     )
     lim.add_argument(
+        "--max-connection-buffer-bytes",
+        type=int,
+        default=d.max_connection_buffer_bytes,
+        help="memory per connection: unfinished params, buffered bodies and unsent output;"
+        " params beyond it close the connection (%(default)s)",
+    )
+    lim.add_argument(
         "--keepalive-timeout",
         type=float,
         default=d.keepalive_timeout_s,
@@ -254,6 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.record_timeout_s,
         metavar="S",
         help="seconds a half-received record may wait for the rest (%(default)s)",
+    )
+    lim.add_argument(
+        "--send-timeout",
+        type=float,
+        default=d.send_timeout_s,
+        metavar="S",
+        help="seconds output may stay unread by the web server before the connection is"
+        " aborted (%(default)s)",
     )
     p.add_argument("--version", action="version", version=f"fcgi-async {__version__}")
     return p
@@ -445,8 +460,10 @@ _ENV_TYPES: dict[str, Callable[[str], Any]] = {
     "max_params_bytes": int,
     "max_params_pairs": int,
     "max_body_buffer_bytes": int,
+    "max_connection_buffer_bytes": int,
     "keepalive_timeout": float,
     "record_timeout": float,
+    "send_timeout": float,
     "workers": int,
     "pm_max_children": int,
     "pm_start": int,
@@ -661,8 +678,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
         max_requests_per_connection=args.max_requests_per_connection,
         max_connections=args.max_connections,
         max_body_buffer_bytes=args.max_body_buffer_bytes,
+        max_connection_buffer_bytes=args.max_connection_buffer_bytes,
         keepalive_timeout_s=args.keepalive_timeout,
         record_timeout_s=args.record_timeout,
+        send_timeout_s=args.send_timeout,
         graceful_timeout_s=args.graceful_timeout,
         backlog=args.backlog,
         socket_mode=args.socket_mode,

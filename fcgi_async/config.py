@@ -17,11 +17,13 @@ from .protocol import Limits, Role
 from .protocol.limits import (
     DEFAULT_KEEPALIVE_TIMEOUT_S,
     DEFAULT_MAX_BODY_BUFFER_BYTES,
+    DEFAULT_MAX_CONNECTION_BUFFER_BYTES,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_PARAMS_BYTES,
     DEFAULT_MAX_PARAMS_PAIRS,
     DEFAULT_MAX_REQUESTS_PER_CONNECTION,
     DEFAULT_RECORD_TIMEOUT_S,
+    DEFAULT_SEND_TIMEOUT_S,
 )
 
 #: php-fpm's default listen address; loopback only, never every interface (DESIGN.md §6).
@@ -88,8 +90,13 @@ class Config:
     max_requests_per_connection: int = DEFAULT_MAX_REQUESTS_PER_CONNECTION
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_body_buffer_bytes: int = DEFAULT_MAX_BODY_BUFFER_BYTES
+    #: Memory one connection may hold (unfinished params, buffered bodies, unsent output);
+    #: ``max_body_buffer_bytes`` is the bodies' share of it.
+    max_connection_buffer_bytes: int = DEFAULT_MAX_CONNECTION_BUFFER_BYTES
     keepalive_timeout_s: float = DEFAULT_KEEPALIVE_TIMEOUT_S
     record_timeout_s: float = DEFAULT_RECORD_TIMEOUT_S
+    #: Seconds a connection's output may stay unsent before the connection is aborted.
+    send_timeout_s: float = DEFAULT_SEND_TIMEOUT_S
     #: php-fpm's request_terminate_timeout: a request running longer is ended (504, or a
     #: broken connection once its response started) and its app told; 0 = never.
     request_timeout_s: float = 0
@@ -148,6 +155,7 @@ class Config:
             "max_requests_per_connection",
             "max_connections",
             "max_body_buffer_bytes",
+            "max_connection_buffer_bytes",
             "backlog",
             "workers",
             "pm_max_children",
@@ -166,6 +174,7 @@ class Config:
         for name in (
             "keepalive_timeout_s",
             "record_timeout_s",
+            "send_timeout_s",
             "graceful_timeout_s",
             "pm_idle_timeout_s",
             "worker_timeout_s",
@@ -173,6 +182,14 @@ class Config:
             value = getattr(self, name)
             if not isinstance(value, int | float) or value <= 0:
                 raise ConfigError(f"{name} must be a number of seconds above 0, got {value!r}")
+        if self.max_body_buffer_bytes + self.max_params_bytes > self.max_connection_buffer_bytes:
+            # The bodies' share plus one request's params must fit: a web server that sends
+            # one request at a time is then never closed for its params.
+            raise ConfigError(
+                "max_connection_buffer_bytes must hold max_body_buffer_bytes plus"
+                f" max_params_bytes, got {self.max_connection_buffer_bytes} <"
+                f" {self.max_body_buffer_bytes} + {self.max_params_bytes}"
+            )
         for name in ("request_timeout_s", "slowlog_timeout_s"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not 0 <= value < float("inf"):
