@@ -64,4 +64,3 @@ def test_breaking_the_connection_releases_every_params_buffer() -> None:
     assert server.params_buffered == 8
     server.break_connection()
     assert server.params_buffered == 0
-
