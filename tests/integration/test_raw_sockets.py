@@ -930,17 +930,28 @@ async def test_a_peer_that_reads_nothing_is_not_read_either(servers: Servers) ->
         sock.close()
 
 
+@pytest.mark.parametrize(
+    ("keepalive_s", "send_timeout_s"),
+    [(3, 1), (1, 3)],
+    ids=["while-writing-is-paused", "while-closing"],
+)
 async def test_output_left_unread_is_aborted_after_the_send_timeout(
-    servers: Servers, peers: list[Peer], caplog: pytest.LogCaptureFixture
+    servers: Servers,
+    peers: list[Peer],
+    caplog: pytest.LogCaptureFixture,
+    keepalive_s: float,
+    send_timeout_s: float,
 ) -> None:
-    """A peer that never reads its answer no longer holds the only connection slot."""
+    """A peer that never reads its answer no longer holds the only connection slot, whether
+    the deadline ends it while its writes wait or after the keep-alive timeout began a close
+    that waits for a flush (the transport's abort after its close, on both loops)."""
     caplog.set_level(logging.WARNING, "fcgi_async.server")
 
     async def big(req: Request) -> None:
         await req.end(OK + b"x" * (8 * 1024 * 1024))
 
     server = await servers.start(
-        App(big), max_connections=1, keepalive_timeout_s=2, send_timeout_s=1
+        App(big), max_connections=1, keepalive_timeout_s=keepalive_s, send_timeout_s=send_timeout_s
     )
     sock = await _non_reading_socket(server)
     try:
