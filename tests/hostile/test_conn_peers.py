@@ -30,6 +30,9 @@ from .conn_helpers import (
 #: Growth of the worker's RSS that any attack below may cause (the fixed server stays within
 #: a few MiB; the old one grew by 30 to 110 MiB under the same traffic).
 RSS_MARGIN_KIB = 8 * 1024
+#: The unknown-type flood's bound: one read (256 KiB, 32768 records) still becomes 32768 small
+#: answers before reading pauses, ~2.5 MiB in flight; measured +4.4 MiB, the old server +44 MiB.
+FLOOD_RSS_MAX_KIB = 16 * 1024
 
 
 def test_a_non_reader_flooding_unknown_types_does_not_grow_the_worker(tmp_path: Path) -> None:
@@ -44,7 +47,7 @@ def test_a_non_reader_flooding_unknown_types_does_not_grow_the_worker(tmp_path: 
         finally:
             sock.close()
     assert sent > 0
-    assert growth < RSS_MARGIN_KIB, f"+{growth} KiB after {sent} bytes of unknown types"
+    assert growth < FLOOD_RSS_MAX_KIB, f"+{growth} KiB after {sent} bytes of unknown types"
 
 
 def test_send_timeout_frees_the_slot_of_a_peer_that_never_reads(tmp_path: Path) -> None:
