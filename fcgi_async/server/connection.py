@@ -447,12 +447,15 @@ class FastCGIProtocol(asyncio.Protocol):
         self._drain_waiters.clear()
 
     def eof_received(self) -> bool:
-        """The peer shut down its sending side (``shutdown(SHUT_WR)``, as socat does).
+        """The peer shut down its sending side: a half-close (``shutdown(SHUT_WR)`` after the
+        request, as socat does) or a full close; nothing on the wire tells them apart.
 
-        Requests whose input is complete are still answered, as php-fpm does, and the
-        connection closes after the last of them; requests still reading their input see a
-        disconnect, as when the connection is lost. Returns True (keep our side open for the
-        answers) when there are any to send, else False (close now).
+        Requests whose input is complete and whose response has not begun are still answered,
+        as php-fpm does, and the connection closes after the last of them. Requests still
+        reading their input, and responses already under way (nginx closes its upstream
+        connection when its client aborts mid-response), see a disconnect, as when the
+        connection is lost. Returns True (keep our side open for the answers) when there are
+        any to send, else False (close now).
         """
         if self.input_closed:
             return True  # asyncio reads EOF again when reading resumes after it
@@ -460,7 +463,12 @@ class FastCGIProtocol(asyncio.Protocol):
             return False
         owed = False
         for handle in list(self.requests.values()):
-            if handle._body_eof and handle._data_eof and not handle.disconnected:
+            if (
+                handle._body_eof
+                and handle._data_eof
+                and not handle.disconnected
+                and not handle.response_started
+            ):
                 owed = True
             else:
                 handle._disconnect()

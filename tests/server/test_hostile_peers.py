@@ -318,6 +318,23 @@ async def test_half_close_answers_complete_requests_and_disconnects_the_others()
     assert [e.request_id for e in _ended(h)] == [1]
 
 
+async def test_half_close_mid_response_is_a_disconnect() -> None:
+    """nginx closes its upstream connection when its client aborts mid-response: the app that
+    waits for that must hear of it, as before."""
+    seen: list[str] = []
+
+    async def app(req: Request) -> None:
+        await req.send_stdout(OK_HEAD + b"partial")
+        await req.wait_disconnected()
+        seen.append("disconnected")
+
+    h = Harness(app)
+    h.feed(h.request_bytes())
+    await wait_until(lambda: h.transport.writes)
+    assert h.proto.eof_received() is False
+    await wait_until(lambda: seen)
+
+
 async def test_half_close_with_nothing_owed_closes() -> None:
     h = Harness(_never)
     assert h.proto.eof_received() is False
