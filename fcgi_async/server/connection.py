@@ -27,7 +27,7 @@ one bit per reason, so lifting one reason never undoes another):
   connection whose params do is closed, logged.
 
 Timers are not armed per request: the server's one-second ticker looks at ``idle_since``,
-``partial_since`` and ``lingering_since`` of every connection (see
+``partial_since``, ``lingering_since`` and ``send_stalled_since`` of every connection (see
 :meth:`FastCGIProtocol.check_timeouts`), which keeps the per-request path free of
 ``call_later``/``cancel`` pairs. The record timer restarts whenever a record completes and
 does not run while *we* paused reading.
