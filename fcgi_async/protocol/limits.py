@@ -46,17 +46,16 @@ DEFAULT_MAX_MANAGEMENT_BYTES: Final = 4096
 #: nginx sends a request on a connection we are closing).
 DEFAULT_KEEPALIVE_TIMEOUT_S: Final = 75.0
 
-#: Seconds a half-received record may stay incomplete before the connection is closed
-#: (slowloris). Web servers send whole records in one write; 30 s forgives slow links.
-DEFAULT_RECORD_TIMEOUT_S: Final = 30.0
-
-
 #: Seconds a connection's output may stay unsent (writing paused, or a close waiting to flush)
 #: before the connection is aborted: a peer that stops reading must not hold its slot and its
 #: buffers forever. A web server reads its upstream as fast as its client allows, and nginx's
 #: own fastcgi_send_timeout/fastcgi_read_timeout default to 60 s; 30 s is long for one
 #: high-water mark (64 KiB) to drain.
 DEFAULT_SEND_TIMEOUT_S: Final = 30.0
+
+#: Seconds a half-received record may stay incomplete before the connection is closed
+#: (slowloris). Web servers send whole records in one write; 30 s forgives slow links.
+DEFAULT_RECORD_TIMEOUT_S: Final = 30.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,7 +46,7 @@ import ipaddress
 import logging
 import socket
 from collections import deque
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from ..protocol import (
     NEED_DATA,
@@ -83,13 +83,13 @@ LINGER_MAX_S = 60.0
 #: header (33 bytes; a small one takes 48 after the allocator rounds it up) and its deque slot,
 #: rounded up. Counting payload alone let 1-byte STDIN records hold ~56 bytes each against a
 #: bound that counted one.
-BODY_CHUNK_OVERHEAD_BYTES: Final = 64
+BODY_CHUNK_OVERHEAD_BYTES = 64
 
 #: Reasons reading is paused (bits of :attr:`FastCGIProtocol.read_paused`): the transport's
 #: write buffer is above its high-water mark ...
-PAUSED_FOR_OUTPUT: Final = 1
+PAUSED_FOR_OUTPUT = 1
 #: ... or the buffered request bodies are above ``max_body_buffer_bytes``.
-PAUSED_FOR_BUFFER: Final = 2
+PAUSED_FOR_BUFFER = 2
 
 #: What a request gets when the application fails before sending anything.
 INTERNAL_ERROR_RESPONSE = (
