@@ -26,11 +26,13 @@ from .protocol.limits import (
     CEILING_MAX_REQUESTS_PER_CONNECTION,
     DEFAULT_KEEPALIVE_TIMEOUT_S,
     DEFAULT_MAX_BODY_BUFFER_BYTES,
+    DEFAULT_MAX_CONNECTION_BUFFER_BYTES,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_PARAMS_BYTES,
     DEFAULT_MAX_PARAMS_PAIRS,
     DEFAULT_MAX_REQUESTS_PER_CONNECTION,
     DEFAULT_RECORD_TIMEOUT_S,
+    DEFAULT_SEND_TIMEOUT_S,
 )
 from .settings import MAX_SECONDS as MAX_SECONDS
 from .settings import Group, check_values, options_table, setting, splice_readme
@@ -76,6 +78,8 @@ MAX_THREADS = 1024
 MAX_CONNECTIONS = 1024 * 1024
 #: Buffered request body one connection may hold before reading pauses.
 MAX_BODY_BUFFER_BYTES = 1024 * 1024 * 1024
+#: Memory one connection may hold: room for the largest body buffer plus the largest params.
+MAX_CONNECTION_BUFFER_BYTES = 2 * 1024 * 1024 * 1024
 #: The kernel caps listen queues at net.core.somaxconn, at most 65535 on Linux.
 MAX_BACKLOG = 0xFFFF
 #: Requests before a worker is recycled (--max-requests and its jitter); 0 is never.
@@ -312,6 +316,17 @@ class Config:
         kind="int",
         bounds=(1, MAX_BODY_BUFFER_BYTES),
     )
+    #: Memory one connection may hold (unfinished params, buffered bodies, unsent output);
+    #: ``max_body_buffer_bytes`` is the bodies' share of it.
+    max_connection_buffer_bytes: int = setting(
+        DEFAULT_MAX_CONNECTION_BUFFER_BYTES,
+        "memory per connection: unfinished params, buffered bodies and unsent output; params"
+        " beyond it close the connection; worst case per process is --max-connections times"
+        " this (%(default)s)",
+        LIMITS,
+        kind="int",
+        bounds=(1, MAX_CONNECTION_BUFFER_BYTES),
+    )
     keepalive_timeout_s: float = setting(
         DEFAULT_KEEPALIVE_TIMEOUT_S,
         "idle keep-alive connection lifetime; keep above nginx's 60 s (%(default)s)",
@@ -322,6 +337,15 @@ class Config:
     record_timeout_s: float = setting(
         DEFAULT_RECORD_TIMEOUT_S,
         "seconds a half-received record may wait for the rest (%(default)s)",
+        LIMITS,
+        kind="seconds",
+        metavar="S",
+    )
+    #: Seconds a connection's output may stay unsent before the connection is aborted.
+    send_timeout_s: float = setting(
+        DEFAULT_SEND_TIMEOUT_S,
+        "seconds output may stay unread by the web server (writing paused, or a close waiting"
+        " to flush) before the connection is aborted and its slot freed (%(default)s)",
         LIMITS,
         kind="seconds",
         metavar="S",
@@ -583,6 +607,14 @@ class Config:
         if message is not None:
             raise ConfigError(message)
         self._check_process_manager()
+        if self.max_body_buffer_bytes + self.max_params_bytes > self.max_connection_buffer_bytes:
+            # The bodies' share plus one request's params must fit: a web server that sends
+            # one request at a time is then never closed for its params.
+            raise ConfigError(
+                "max_connection_buffer_bytes must hold max_body_buffer_bytes plus"
+                f" max_params_bytes, got {self.max_connection_buffer_bytes} <"
+                f" {self.max_body_buffer_bytes} + {self.max_params_bytes}"
+            )
         if self.status_path is not None and self.status_path == self.ping_path:
             raise ConfigError(f"status_path and ping_path are both {self.status_path!r}")
 

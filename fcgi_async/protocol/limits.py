@@ -30,6 +30,14 @@ DEFAULT_MAX_CONNECTIONS: Final = 1000
 #: below half of it. Bounds memory when an app reads its upload slower than nginx sends it.
 DEFAULT_MAX_BODY_BUFFER_BYTES: Final = 1024 * 1024
 
+#: Bytes one connection may hold at once: the unfinished params of all its requests and its
+#: half-read record, its buffered request bodies (each chunk charged with its bookkeeping, see
+#: ``BODY_CHUNK_OVERHEAD_BYTES`` in :mod:`fcgi_async.server.connection`) and its unsent output.
+#: Worst-case memory per process is ``max_connections`` times this: 1000 x 2 MiB = 2 GiB is a
+#: ceiling only a hostile peer approaches (an idle keep-alive connection costs a few KiB). It
+#: holds the default body buffer (1 MiB) plus four requests' worth of params at their maximum.
+DEFAULT_MAX_CONNECTION_BUFFER_BYTES: Final = 2 * 1024 * 1024
+
 #: Bytes of GET_VALUES content we are willing to parse (a handful of names is normal).
 DEFAULT_MAX_MANAGEMENT_BYTES: Final = 4096
 
@@ -37,6 +45,13 @@ DEFAULT_MAX_MANAGEMENT_BYTES: Final = 4096
 #: keepalive_timeout defaults to 60 s; we must outlive it so nginx closes first (no race where
 #: nginx sends a request on a connection we are closing).
 DEFAULT_KEEPALIVE_TIMEOUT_S: Final = 75.0
+
+#: Seconds a connection's output may stay unsent (writing paused, or a close waiting to flush)
+#: before the connection is aborted: a peer that stops reading must not hold its slot and its
+#: buffers forever. A web server reads its upstream as fast as its client allows, and nginx's
+#: own fastcgi_send_timeout/fastcgi_read_timeout default to 60 s; 30 s is long for one
+#: high-water mark (64 KiB) to drain.
+DEFAULT_SEND_TIMEOUT_S: Final = 30.0
 
 #: Seconds a half-received record may stay incomplete before the connection is closed
 #: (slowloris). Web servers send whole records in one write; 30 s forgives slow links.

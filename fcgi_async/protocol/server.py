@@ -138,6 +138,7 @@ class ServerConnection:
         "_values",
         "accepting",
         "close_requested",
+        "params_buffered",
     )
 
     def __init__(
@@ -177,6 +178,9 @@ class ServerConnection:
         self.accepting = True
         #: True once a request without FCGI_KEEP_CONN was answered: close when idle (spec §5.1).
         self.close_requested = False
+        #: Bytes of params held for requests whose PARAMS stream has not ended (all of them
+        #: together): memory the peer can grow and only finishing the params releases.
+        self.params_buffered = 0
 
     def __repr__(self) -> str:
         return (
@@ -194,6 +198,11 @@ class ServerConnection:
     def has_partial_record(self) -> bool:
         """True when received bytes wait for the rest of their record (slowloris timer)."""
         return len(self._buf) > 0
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Input held by the codec: unfinished params of every request plus the partial record."""
+        return len(self._buf) + self.params_buffered
 
     @property
     def active_requests(self) -> int:
@@ -289,6 +298,7 @@ class ServerConnection:
                 # The application never saw this request: end it here, so RequestAborted
                 # only ever follows RequestReceived and no request id is left hanging.
                 del self._requests[rid]
+                self.params_buffered -= len(req.params)
                 self._outgoing.append(encode_end_request(rid, 0, ProtocolStatus.REQUEST_COMPLETE))
                 if not req.keep_conn:
                     self.close_requested = True
@@ -316,8 +326,10 @@ class ServerConnection:
                         f"params exceed {self._limits.max_params_bytes} bytes", request_id=rid
                     )
                 req.params += content
+                self.params_buffered += len(content)
                 return None
             pairs = decode_pairs(req.params, self._limits.max_params_pairs)
+            self.params_buffered -= len(req.params)
             req.params = bytearray()
             return RequestReceived(rid, req.role, req.keep_conn, dict(pairs))
         if prev == _PHASE_INPUT_DONE:
@@ -405,6 +417,8 @@ class ServerConnection:
             raise LocalProtocolError(f"request {request_id} is not active", request_id=request_id)
         if not req.keep_conn:
             self.close_requested = True
+        if req.params:  # ended before its params did (the I/O layer never does this)
+            self.params_buffered -= len(req.params)
         n = stdout.nbytes if isinstance(stdout, memoryview) else len(stdout)
         if (
             app_status == 0
@@ -441,6 +455,7 @@ class ServerConnection:
         error to every web server. The caller must close the transport after writing them.
         """
         self._requests.clear()
+        self.params_buffered = 0
         self._dead = True
         self.close_requested = True
         return _POISON

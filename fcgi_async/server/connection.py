@@ -4,19 +4,30 @@ The Protocol owns the transport, the sans-IO codec, flow control both ways, and 
 running requests. Each request runs as its own task; its :class:`RequestHandle` is the
 :class:`fcgi_async.types.Request` the application sees.
 
-Flow control:
+Flow control (the Protocol is its one owner; ``read_paused`` holds *why* reading is paused,
+one bit per reason, so lifting one reason never undoes another):
 * Writes: the transport calls ``pause_writing`` above its high-water mark; a request's sends
   then wait in :meth:`FastCGIProtocol.drain` until ``resume_writing`` (or fail with
-  :class:`ClientDisconnected` when the connection is lost or that request is aborted), so a
-  web server that reads nothing never grows our memory past the write buffer limit plus one
-  chunk per request.
-* Reads: request body bytes wait in per-request queues; when the connection's total exceeds
-  ``max_body_buffer_bytes`` reading pauses, and it resumes below half of it. FastCGI has no
-  per-request window, so on a multiplexed connection one request that does not read its body
-  stalls the bodies of the others once the bound is reached: bounded memory wins over fairness.
+  :class:`ClientDisconnected` when the connection is lost or that request is aborted), and
+  reading pauses too (:data:`PAUSED_FOR_OUTPUT`): the connection's own answers (UNKNOWN_TYPE,
+  refusals, END_REQUEST after an abort) are written while input is read, so a web server that
+  reads nothing must not be read either. Memory then stays below the write buffer limit plus
+  one read's answers plus one chunk per request.
+* Send deadline: a connection whose output does not drain (writing paused, or a close waiting
+  to flush) for ``send_timeout_s`` is aborted by the ticker, logged once, and its slot freed.
+* Reads: request body bytes wait in per-request queues, each chunk charged with
+  :data:`BODY_CHUNK_OVERHEAD_BYTES`; when the connection's total exceeds
+  ``max_body_buffer_bytes`` reading pauses (:data:`PAUSED_FOR_BUFFER`), and it resumes below
+  half of it. FastCGI has no per-request window, so on a multiplexed connection one request
+  that does not read its body stalls the bodies of the others once the bound is reached:
+  bounded memory wins over fairness.
+* Budget: ``max_connection_buffer_bytes`` bounds params of unfinished requests, the partial
+  record, buffered bodies and unsent output together. Only params can push a connection over
+  it (bodies and output pause reading first), and nothing but more input releases them, so a
+  connection whose params do is closed, logged.
 
 Timers are not armed per request: the server's one-second ticker looks at ``idle_since``,
-``partial_since`` and ``lingering_since`` of every connection (see
+``partial_since``, ``lingering_since`` and ``send_stalled_since`` of every connection (see
 :meth:`FastCGIProtocol.check_timeouts`), which keeps the per-request path free of
 ``call_later``/``cancel`` pairs. The record timer restarts whenever a record completes and
 does not run while *we* paused reading.
@@ -69,6 +80,18 @@ LINGER_TIMEOUT_S = 5.0
 #: The most seconds such a connection is drained, however steadily input keeps coming (an
 #: upload streamed at the client's pace, nginx ``fastcgi_request_buffering off``).
 LINGER_MAX_S = 60.0
+
+#: Bytes charged per buffered body (or DATA) chunk on top of its length: the ``bytes`` object's
+#: header (33 bytes; a small one takes 48 after the allocator rounds it up) and its deque slot,
+#: rounded up. Counting payload alone let 1-byte STDIN records hold ~56 bytes each against a
+#: bound that counted one.
+BODY_CHUNK_OVERHEAD_BYTES = 64
+
+#: Reasons reading is paused (bits of :attr:`FastCGIProtocol.read_paused`): the transport's
+#: write buffer is above its high-water mark ...
+PAUSED_FOR_OUTPUT = 1
+#: ... or the buffered request bodies are above ``max_body_buffer_bytes``.
+PAUSED_FOR_BUFFER = 2
 
 #: What a request gets when the application fails before sending anything.
 INTERNAL_ERROR_RESPONSE = (
@@ -194,9 +217,11 @@ class RequestHandle:
                     )
 
     def _discard_input(self) -> int:
+        """Drop unread input; returns the bytes it was charged (see ``body_consumed``)."""
         if not (self._body or self._data):
             return 0
         size = sum(map(len, self._body)) + sum(map(len, self._data))
+        size += BODY_CHUNK_OVERHEAD_BYTES * (len(self._body) + len(self._data))
         self._body.clear()
         self._data.clear()
         return size
@@ -221,7 +246,7 @@ class RequestHandle:
         while True:
             if self._body:
                 chunk = self._body.popleft()
-                self._proto.body_consumed(len(chunk))
+                self._proto.body_consumed(len(chunk) + BODY_CHUNK_OVERHEAD_BYTES)
                 return chunk
             if self._body_eof:
                 return b""
@@ -234,7 +259,7 @@ class RequestHandle:
         while True:
             if self._data:
                 chunk = self._data.popleft()
-                self._proto.body_consumed(len(chunk))
+                self._proto.body_consumed(len(chunk) + BODY_CHUNK_OVERHEAD_BYTES)
                 return chunk
             if self._data_eof:
                 return b""
@@ -380,10 +405,19 @@ class FastCGIProtocol(asyncio.Protocol):
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self.requests: dict[int, RequestHandle] = {}
+        #: Body and DATA bytes waiting for the app, each chunk charged with its overhead.
         self.buffered = 0
-        self.read_paused = False
+        #: 0 while reading; else why it is paused (PAUSED_FOR_OUTPUT, PAUSED_FOR_BUFFER bits).
+        self.read_paused = 0
         self.write_paused = False
         self.closed = False
+        #: True once the peer shut down its sending side while answers were still owed.
+        self.input_closed = False
+        #: Loop time since when output has waited to drain (writing paused, or a close
+        #: waiting to flush); None while it drains. The send deadline counts from here.
+        self.send_stalled_since: float | None = None
+        #: Refused BEGIN_REQUESTs by status name, for the one summary line at close.
+        self.refused: dict[str, int] | None = None
         self._drain_waiters: list[asyncio.Future[None]] = []
         #: Loop time since when the connection has had no request (None while busy).
         self.idle_since: float | None = None
@@ -436,7 +470,10 @@ class FastCGIProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.send_stalled_since = None
         self.state.connection_closed(self)
+        if self.refused is not None:
+            self._log_refusals()
         for handle in self.requests.values():
             handle._disconnect()
         for waiter in self._drain_waiters:
@@ -445,7 +482,36 @@ class FastCGIProtocol(asyncio.Protocol):
         self._drain_waiters.clear()
 
     def eof_received(self) -> bool:
-        return False  # Close our side too; running requests see a disconnect.
+        """The peer shut down its sending side: a half-close (``shutdown(SHUT_WR)`` after the
+        request, as socat does) or a full close; nothing on the wire tells them apart.
+
+        Requests whose input is complete and whose response has not begun are still answered,
+        as php-fpm does, and the connection closes after the last of them. Requests still
+        reading their input, and responses already under way (nginx closes its upstream
+        connection when its client aborts mid-response), see a disconnect, as when the
+        connection is lost. Returns True (keep our side open for the answers) when there are
+        any to send, else False (close now).
+        """
+        if self.input_closed:
+            return True  # asyncio reads EOF again when reading resumes after it
+        if self.closed or self.lingering_since is not None:
+            return False
+        owed = False
+        for handle in list(self.requests.values()):
+            if (
+                handle._body_eof
+                and handle._data_eof
+                and not handle.disconnected
+                and not handle.response_started
+            ):
+                owed = True
+            else:
+                handle._disconnect()
+        if not owed:
+            return False
+        self.input_closed = True
+        self.partial_since = None  # nothing more can arrive: no record is pending
+        return True
 
     # ---------------------------------------------------------------------- input
     def data_received(self, data: bytes) -> None:
@@ -479,9 +545,9 @@ class FastCGIProtocol(asyncio.Protocol):
                             handle._feed_body(chunk)
                         else:
                             handle._feed_data(chunk)
-                        self.buffered += len(chunk)
+                        self.buffered += len(chunk) + BODY_CHUNK_OVERHEAD_BYTES
                         if self.buffered > self.state.config.max_body_buffer_bytes:
-                            self._pause_reading()
+                            self._pause_reading(PAUSED_FOR_BUFFER)
                 elif cls is DataEnded:
                     handle = requests.get(event.request_id)  # type: ignore[union-attr]
                     if handle is not None:
@@ -489,15 +555,12 @@ class FastCGIProtocol(asyncio.Protocol):
                 elif cls is RequestAborted:
                     self._abort_request(event.request_id)  # type: ignore[union-attr]
                 elif cls is RequestRejected:
-                    logger.warning(
-                        "refused request %d from %s: %s",
-                        event.request_id,  # type: ignore[union-attr]
-                        self.peer,
-                        event.protocol_status.name,  # type: ignore[union-attr]
-                    )
+                    self._refuse(event)  # type: ignore[arg-type]
         except RemoteProtocolError as exc:
             logger.warning("closing connection from %s: protocol error: %s", self.peer, exc)
             self._close_now()
+            return
+        if codec.params_buffered and self._params_over_budget():
             return
         out = codec.data_to_send()
         if out:
@@ -514,6 +577,63 @@ class FastCGIProtocol(asyncio.Protocol):
             # A record completed: the half one is new. A long upload whose reads end mid-record
             # is progress, not a slowloris; only a record that stays incomplete is.
             self.partial_since = self.loop.time()
+
+    def _refuse(self, event: RequestRejected) -> None:
+        """Log the first refused BEGIN_REQUEST of a connection; count the rest for its close.
+
+        One line per refusal let a peer write 50 MB of log in seconds.
+        """
+        status = event.protocol_status.name
+        refused = self.refused
+        if refused is None:
+            self.refused = {status: 1}
+            logger.warning(
+                "refused request %d from %s: %s (more refusals on this connection are counted"
+                " and logged when it closes)",
+                event.request_id,
+                self.peer,
+                status,
+            )
+        else:
+            refused[status] = refused.get(status, 0) + 1
+
+    def _log_refusals(self) -> None:
+        """The summary line of a closed connection's refusals, when there was more than one."""
+        refused = self.refused or {}
+        total = sum(refused.values())
+        if total > 1:
+            logger.warning(
+                "connection from %s closed after %d refused requests (%s)",
+                self.peer,
+                total,
+                ", ".join(f"{name}: {count}" for name, count in sorted(refused.items())),
+            )
+        self.refused = None
+
+    def _params_over_budget(self) -> bool:
+        """Close the connection if it holds more than its budget while params are unfinished.
+
+        Params can only grow until their stream ends, and pausing would wait for input that
+        cannot arrive: the connection is closed, logged. Returns True when it was.
+        """
+        codec = self.codec
+        budget = self.state.config.max_connection_buffer_bytes
+        output = self.transport.get_write_buffer_size()
+        held = codec.buffered_bytes + self.buffered + output
+        if held <= budget:
+            return False
+        logger.warning(
+            "closing connection from %s: holds %d bytes (params of unfinished requests %d,"
+            " bodies %d, output %d), over --max-connection-buffer-bytes %d",
+            self.peer,
+            held,
+            codec.params_buffered,
+            self.buffered,
+            output,
+            budget,
+        )
+        self._close_now()
+        return True
 
     def _start_request(self, event: RequestReceived) -> None:
         handle = self.state.handle_class(self, event)
@@ -595,7 +715,9 @@ class FastCGIProtocol(asyncio.Protocol):
             handle._wake()  # a receive() still waiting (another task of the app) must not hang
         if not self.requests:
             self.idle_since = self.loop.time()
-            if self.codec.close_requested:
+            if self.input_closed:
+                self._close_when_flushed()  # the peer half-closed: its last answer is out
+            elif self.codec.close_requested:
                 self._close_after_end(
                     input_complete=handle._body_eof
                     and handle._data_eof
@@ -604,26 +726,48 @@ class FastCGIProtocol(asyncio.Protocol):
 
     # --------------------------------------------------------------- flow control
     def body_consumed(self, size: int) -> None:
-        """The app took ``size`` body bytes out of its buffer: maybe resume reading."""
+        """The app took ``size`` charged body bytes out of its buffer: maybe resume reading."""
         self.buffered -= size
-        if self.read_paused and self.buffered <= self.state.config.max_body_buffer_bytes // 2:
-            self.read_paused = False
-            if self.partial_since is not None:
-                # The half record waited on us, not on the peer: its timer starts again.
-                self.partial_since = self.loop.time()
-            if not self.closed:
-                self.transport.resume_reading()
+        if (
+            self.read_paused & PAUSED_FOR_BUFFER
+            and self.buffered <= self.state.config.max_body_buffer_bytes // 2
+        ):
+            self._resume_reading(PAUSED_FOR_BUFFER)
 
-    def _pause_reading(self) -> None:
-        if not self.read_paused and not self.closed:
-            self.read_paused = True
+    def _pause_reading(self, reason: int) -> None:
+        """Stop reading for ``reason`` (a PAUSED_FOR_* bit) until it is lifted."""
+        if self.closed or self.lingering_since is not None:
+            return  # a lingering connection reads and drops what comes, whatever else
+        if not self.read_paused:
             self.transport.pause_reading()
+        self.read_paused |= reason
+
+    def _resume_reading(self, reason: int) -> None:
+        """Lift ``reason``; reading resumes when no other reason is left."""
+        if not self.read_paused & reason:
+            return
+        self.read_paused &= ~reason
+        if self.read_paused:
+            return
+        if self.partial_since is not None:
+            # The half record waited on us, not on the peer: its timer starts again.
+            self.partial_since = self.loop.time()
+        if not self.closed:
+            self.transport.resume_reading()
 
     def pause_writing(self) -> None:
+        """The transport's buffer is above its high-water mark: stop reading, start the deadline."""
         self.write_paused = True
+        if self.send_stalled_since is None:
+            self.send_stalled_since = self.loop.time()
+        self._pause_reading(PAUSED_FOR_OUTPUT)
 
     def resume_writing(self) -> None:
+        """The transport's buffer drained below its low-water mark: wake senders, read again."""
         self.write_paused = False
+        if not self.closed:
+            self.send_stalled_since = None  # a close keeps its deadline until fully flushed
+        self._resume_reading(PAUSED_FOR_OUTPUT)
         waiters, self._drain_waiters = self._drain_waiters, []
         for waiter in waiters:
             if not waiter.done():
@@ -664,7 +808,13 @@ class FastCGIProtocol(asyncio.Protocol):
     def _close_when_flushed(self) -> None:
         if not self.closed:
             self.closed = True
+            self._stamp_unsent()
             self.transport.close()  # asyncio flushes the write buffer before closing
+
+    def _stamp_unsent(self) -> None:
+        """Start the send deadline if output is still waiting while we close our side."""
+        if self.send_stalled_since is None and self.transport.get_write_buffer_size():
+            self.send_stalled_since = self.loop.time()
 
     def _close_after_end(self, *, input_complete: bool) -> None:
         """Close once the last END_REQUEST is flushed, because the web server asked (KEEP_CONN=0).
@@ -680,9 +830,10 @@ class FastCGIProtocol(asyncio.Protocol):
             return
         self.lingering_since = self.lingering_input_at = self.loop.time()
         self.partial_since = None
+        self._stamp_unsent()
         self.transport.write_eof()
         if self.read_paused:
-            self.read_paused = False
+            self.read_paused = 0
             self.transport.resume_reading()
 
     def _close_now(self) -> None:
@@ -706,7 +857,12 @@ class FastCGIProtocol(asyncio.Protocol):
         self.close_idle()
 
     def check_timeouts(self, now: float) -> None:
-        """Close the connection if it idled or left a record half-sent for too long."""
+        """Abort the connection if its output stalled, close it if it idled or left a record
+        half-sent for too long. Called by the server's ticker, closing connections included."""
+        stalled = self.send_stalled_since
+        if stalled is not None and now - stalled > self.state.config.send_timeout_s:
+            self._send_timed_out(now - stalled)
+            return
         if self.closed:
             return
         if self.lingering_since is not None:
@@ -732,8 +888,22 @@ class FastCGIProtocol(asyncio.Protocol):
             logger.debug("closing idle connection from %s", self.peer)
             self._close_when_flushed()
 
+    def _send_timed_out(self, stalled_s: float) -> None:
+        """The peer left our output unread past ``send_timeout_s``: abort, free the slot."""
+        logger.warning(
+            "aborting connection from %s: %d bytes of output unread for %.1f s (--send-timeout %g)",
+            self.peer,
+            self.transport.get_write_buffer_size(),
+            stalled_s,
+            self.state.config.send_timeout_s,
+        )
+        self.send_stalled_since = None
+        self.abort()
+        # connection_lost will discard it again (harmless): the slot must not wait for it.
+        self.state.connection_closed(self)
+
     def abort(self) -> None:
-        """Drop the connection now (end of the graceful timeout)."""
+        """Drop the connection now (end of the graceful timeout, or the send deadline)."""
         for handle in self.requests.values():
             handle._disconnect()
         self.closed = True

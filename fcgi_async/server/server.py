@@ -109,7 +109,8 @@ class ServerState:
         return True
 
     def connection_closed(self, proto: FastCGIProtocol) -> None:
-        """Forget a closed connection."""
+        """Forget a closed connection; its slot is free. Idempotent: a connection aborted for
+        its send deadline is forgotten at once, and again when its ``connection_lost`` comes."""
         self.connections.discard(proto)
 
     def request_started(self, task: asyncio.Task[None]) -> None:

@@ -40,6 +40,7 @@ from fcgi_async.protocol import (
 )
 from fcgi_async.protocol.events import _NeedData  # NEED_DATA's type, for mypy to narrow
 from fcgi_async.server import BindError, Server, parse_bind
+from fcgi_async.server.connection import PAUSED_FOR_OUTPUT
 from fcgi_async.server.listeners import bind_socket
 from fcgi_async.types import Application, ClientDisconnected, Request
 from tests.protocol.helpers import raw_record
@@ -880,3 +881,113 @@ async def test_max_connections_refuses_extra_connections(
     second = await connect(server, peers)
     assert await second.eof() == b""
     assert (await first.request({b"TAG": b"still"})).body == b"still:"
+
+
+# ------------------------------------------------------------------------ hostile peers
+
+#: The most a flooding test sends, and for how long it tries (bounded traffic and time).
+FLOOD_MAX_BYTES = 32 * 1024 * 1024
+FLOOD_MAX_S = 20.0
+#: A send that makes no progress for this long means the server stopped reading.
+STALL_S = 2.0
+
+
+async def _non_reading_socket(server: Server) -> socket.socket:
+    """A TCP socket to ``server`` with a small receive buffer, so unread output stays ours."""
+    host, _, port = server.bound_addresses[0].rpartition(":")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    return sock
+
+
+async def _flood(sock: socket.socket, chunk: bytes) -> int:
+    """Send ``chunk`` repeatedly until the peer stops taking it (or the bounds); bytes sent."""
+    loop = asyncio.get_running_loop()
+    sent = 0
+    deadline = time.monotonic() + FLOOD_MAX_S
+    while sent < FLOOD_MAX_BYTES and time.monotonic() < deadline:
+        try:
+            await asyncio.wait_for(loop.sock_sendall(sock, chunk), STALL_S)
+        except TimeoutError:
+            break
+        sent += len(chunk)
+    return sent
+
+
+async def test_a_peer_that_reads_nothing_is_not_read_either(servers: Servers) -> None:
+    """Unknown-type records are answered by the connection itself: without flow control for
+    those answers, the server read on and buffered them without bound."""
+    server = await servers.start(App(echo))
+    sock = await _non_reading_socket(server)
+    try:
+        await _flood(sock, raw_record(99, 0) * 65536)
+        (proto,) = server.state.connections
+        assert proto.read_paused & PAUSED_FOR_OUTPUT
+        assert proto.transport.get_write_buffer_size() < 4 * 1024 * 1024
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize(
+    ("keepalive_s", "send_timeout_s"),
+    [(3, 1), (1, 3)],
+    ids=["while-writing-is-paused", "while-closing"],
+)
+async def test_output_left_unread_is_aborted_after_the_send_timeout(
+    servers: Servers,
+    peers: list[Peer],
+    caplog: pytest.LogCaptureFixture,
+    keepalive_s: float,
+    send_timeout_s: float,
+) -> None:
+    """A peer that never reads its answer no longer holds the only connection slot, whether
+    the deadline ends it while its writes wait or after the keep-alive timeout began a close
+    that waits for a flush (the transport's abort after its close, on both loops)."""
+    caplog.set_level(logging.WARNING, "fcgi_async.server")
+
+    async def big(req: Request) -> None:
+        await req.end(OK + b"x" * (8 * 1024 * 1024))
+
+    server = await servers.start(
+        App(big), max_connections=1, keepalive_timeout_s=keepalive_s, send_timeout_s=send_timeout_s
+    )
+    sock = await _non_reading_socket(server)
+    try:
+        codec = ClientConnection()
+        request = codec.begin_request(1) + _join([codec.send_params(1, {}), codec.end_stdin(1)])
+        await asyncio.get_running_loop().sock_sendall(sock, request)
+        await wait_until(lambda: server.state.total_requests == 1)
+        await wait_until(lambda: not server.state.connections, within_s=15)
+        newcomer = await connect(server, peers)
+        newcomer.send(newcomer.frame(1))
+        await newcomer.until(lambda ev: any(_ended(e, 1) for e in ev), within_s=15)
+    finally:
+        sock.close()
+    lines = [r.getMessage() for r in caplog.records if "--send-timeout" in r.getMessage()]
+    assert len(lines) == 1, lines
+
+
+async def test_a_peer_that_half_closes_after_its_request_gets_the_answer(
+    servers: Servers, peers: list[Peer]
+) -> None:
+    """socat and friends shut down their sending side after the request, as php-fpm allows."""
+    release = asyncio.Event()
+
+    async def slow_echo(req: Request) -> None:
+        await release.wait()  # still working when the EOF arrives
+        await echo(req)
+
+    server = await servers.start(App(slow_echo))
+    peer = await connect(server, peers)
+    peer.send(peer.frame(1, {b"TAG": b"half"}, b"closed"))
+    await wait_until(lambda: server.state.total_requests == 1)
+    (proto,) = server.state.connections
+    peer.writer.write_eof()
+    await wait_until(lambda: proto.closed or proto.input_closed)
+    release.set()
+    answer = await peer.answer(1)
+    assert answer.body == b"half:closed"
+    assert await peer.eof() == b""
+    await wait_until(lambda: not server.state.connections)

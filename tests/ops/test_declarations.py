@@ -157,6 +157,8 @@ def _sample(d: Declared) -> tuple[str, list[str]]:
         "socket_group": str(os.getgid()),
         "allowed_clients": "127.0.0.1,::1",
         "roles": "responder,filter",
+        # must hold the body share plus one request's params (1 MiB + 256 KiB by default)
+        "max_connection_buffer_bytes": "3000000",
     }
     by_kind = {"int": "7", "seconds": "2.5"}
     raw = special.get(d.name) or by_kind.get(d.setting.kind, f"/value/of/{d.name}")

@@ -59,6 +59,9 @@ class FakeTransport(asyncio.Transport):
         self.closed = False
         self.aborted = False
         self.eof_written = False
+        #: What get_write_buffer_size() reports: output the "kernel" has not taken. While it is
+        #: above 0, close() waits (as asyncio's does) until the test calls flush() or lose().
+        self.buffer_size = 0
         self._lost = False
 
     # -- what the protocol calls
@@ -92,11 +95,14 @@ class FakeTransport(asyncio.Transport):
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            asyncio.get_running_loop().call_soon(self._connection_lost, None)
+            if not self.buffer_size:
+                asyncio.get_running_loop().call_soon(self._connection_lost, None)
 
     def abort(self) -> None:
         self.aborted = True
-        self.close()
+        self.buffer_size = 0
+        self.closed = True
+        asyncio.get_running_loop().call_soon(self._connection_lost, None)
 
     def is_closing(self) -> bool:
         return self.closed
@@ -105,13 +111,19 @@ class FakeTransport(asyncio.Transport):
         return self._extra.get(name, default)
 
     def get_write_buffer_size(self) -> int:
-        return 0
+        return self.buffer_size
 
     # -- what the test calls
     def _connection_lost(self, exc: Exception | None) -> None:
         if not self._lost:
             self._lost = True
             self._protocol.connection_lost(exc)
+
+    def flush(self) -> None:
+        """The peer read everything: a close waiting for it completes now."""
+        self.buffer_size = 0
+        if self.closed:
+            asyncio.get_running_loop().call_soon(self._connection_lost, None)
 
     def lose(self, exc: Exception | None = None) -> None:
         """The peer went away: the protocol hears ``connection_lost`` now."""

@@ -22,7 +22,12 @@ from fcgi_async.protocol import (
     Role,
     StdoutReceived,
 )
-from fcgi_async.server.connection import LINGER_MAX_S, LINGER_TIMEOUT_S, FastCGIProtocol
+from fcgi_async.server.connection import (
+    BODY_CHUNK_OVERHEAD_BYTES,
+    LINGER_MAX_S,
+    LINGER_TIMEOUT_S,
+    FastCGIProtocol,
+)
 from fcgi_async.server.server import ServerState
 from fcgi_async.types import ClientDisconnected, Request
 from tests.protocol.helpers import parse_wire, raw_record
@@ -118,12 +123,12 @@ async def test_reading_pauses_above_the_body_buffer_and_resumes_below_half() -> 
     assert h.proto.read_paused
     permits.put_nowait(None)
     await wait_until(lambda: len(got) == 1)
-    assert h.proto.buffered == 60000
+    assert h.proto.buffered == 2 * (30000 + BODY_CHUNK_OVERHEAD_BYTES)
     assert h.transport.read_paused, "60000 bytes is above half the limit: stay paused"
     permits.put_nowait(None)
     await wait_until(lambda: len(got) == 2)
-    assert h.proto.buffered == 30000
-    assert not h.transport.read_paused, "30000 <= 32768: resume"
+    assert h.proto.buffered == 30000 + BODY_CHUNK_OVERHEAD_BYTES
+    assert not h.transport.read_paused, "30064 <= 32768: resume"
     h.feed(c.end_stdin(1))
     permits.put_nowait(None)
     permits.put_nowait(None)
@@ -576,7 +581,7 @@ async def test_protocol_error_closes_and_disconnects_running_requests() -> None:
     await wait_until(lambda: h.state.active_requests == 0)
 
 
-async def test_eof_from_the_web_server_is_a_disconnect() -> None:
+async def test_eof_while_a_body_is_still_coming_is_a_disconnect() -> None:
     seen: list[str] = []
 
     async def app(req: Request) -> None:
@@ -584,7 +589,7 @@ async def test_eof_from_the_web_server_is_a_disconnect() -> None:
         seen.append("disconnected")
 
     h = Harness(app)
-    h.feed(h.request_bytes())
+    h.feed(h.request_bytes(body=None))
     await settle()
     assert h.proto.eof_received() is False  # asyncio then closes the transport
     h.transport.lose()
