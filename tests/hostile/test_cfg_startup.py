@@ -4,7 +4,7 @@ Findings 6, 7 and 12 (third bullet) of the hostile-peer review: NaN timeouts and
 what the C parser holds used to start a server with its protection silently off (or one whose
 every connection raised OverflowError); ``--allowed-clients ::ffff:127.0.0.1`` refused the IPv4
 client it names. Finding 12's second bullet (two instances on one unix path) is
-``tests/ops/test_unix_bind_race.py``.
+``test_cfg_unix_bind_race.py``.
 """
 
 from __future__ import annotations
