@@ -10,7 +10,8 @@ Where each finding of the hostile-peer review is covered:
 6. and 7. NaN timeouts and limits past their ceiling: ``test_cfg_startup``;
 8. an ASGI body of the wrong type is a 500: ``test_adapters_front_ends``;
 9. one CONTENT_LENGTH parser: ``test_adapters_front_ends``; the status bookkeeping with
-   ``--workers 2``: ``tests/ops/test_status.py::test_any_content_length_is_served_and_shown_as_the_adapters_parse_it``;
+   ``--workers 2``: ``tests/ops/test_status.py``
+   (``test_any_content_length_is_served_and_shown_as_the_adapters_parse_it``);
 10. log forging: ``test_adapters_logs``;
 11. the client's timeouts and size caps: ``test_client_limits`` (and ``test_phpapp_faults`` for
     the proxy app);
