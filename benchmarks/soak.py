@@ -368,7 +368,7 @@ def _hostile_line(kind: str, st: dict[str, Any]) -> str:
     n = st["connections"]
     bits = [f"{n} connection{'' if n == 1 else 's'}", f"{st['requests']} requests"]
     if kind == "nonreader" and not st.get("events", {}).get("paused_by_server"):
-        bits.append("the server never stopped reading from them")
+        bits.append("their sends never blocked (the answers owed fit in the socket buffers)")
     if st.get("closed_by_server"):
         bits.append(f"{st['closed_by_server']} closed by the server")
     if st.get("end_requests"):
