@@ -71,6 +71,23 @@ def split_path(params: Mapping[bytes, bytes], root_path: bytes | None = None) ->
     return b"", full, raw_path, query
 
 
+def request_path(params: Mapping[bytes, bytes]) -> bytes:
+    """The path of a request: DOCUMENT_URI, else SCRIPT_NAME + PATH_INFO, else REQUEST_URI's.
+
+    Used where a request is named without the adapters' full CGI split (the status page, the
+    access log's ``%U``); the path is as the web server sent it (not %-decoded).
+    """
+    get = params.get
+    path = get(b"DOCUMENT_URI")
+    if path:
+        return path
+    joined = (get(b"SCRIPT_NAME") or b"") + (get(b"PATH_INFO") or b"")
+    if joined:
+        return joined
+    uri = get(b"REQUEST_URI") or b""
+    return uri.partition(b"?")[0]
+
+
 def is_https(params: Mapping[bytes, bytes]) -> bool:
     """True when the web server says the client used TLS (HTTPS=on or REQUEST_SCHEME=https)."""
     get = params.get

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from .accessformat import compile_access_format
 from .netaddr import Network, parse_network, parse_networks
 from .protocol import Limits, Role
 from .protocol.limits import (
@@ -158,8 +159,6 @@ def _process_manager(name: str, value: str) -> str | None:
 
 
 def _access_format(name: str, value: str) -> str | None:
-    from .logs import compile_access_format  # the codes live with the access log
-
     try:
         compile_access_format(value)
     except ValueError as exc:

@@ -55,8 +55,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .cgi import parse_length
-from .logs import request_path
+from .cgi import parse_length, request_path
 from .netaddr import host_allowed
 from .scoreboard import WorkerState
 from .types import Application, Request
