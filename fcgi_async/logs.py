@@ -29,7 +29,7 @@ from .server.connection import FastCGIProtocol, RequestHandle
 from .types import Application, Request
 
 if TYPE_CHECKING:
-    from .server.server import ServerState
+    from .server.state import ServerState
 
 #: Logger of the access log lines (the message is the whole line).
 ACCESS_LOGGER = "fcgi_async.access"

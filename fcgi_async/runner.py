@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .config import Config
+from .features import install_features
 from .importer import AppLoadError
 from .logs import reopen_log_files
 from .server import Server
@@ -50,7 +51,7 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, reopen_log_files)  # logrotate's postrotate
-    server = Server(config, app, sockets, inherited=inherited)
+    server = Server(config, app, sockets, inherited=inherited, wrap=install_features)
     await server.start()
     try:
         if ready is not None:

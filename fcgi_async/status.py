@@ -61,7 +61,7 @@ from .scoreboard import WorkerState
 from .types import Application, Request
 
 if TYPE_CHECKING:
-    from .server.server import ServerState
+    from .server.state import ServerState
 
 #: php-fpm's state names for the process rows.
 STATE_NAMES = {

@@ -43,6 +43,8 @@ from types import FrameType
 from typing import NoReturn
 
 from .config import CRASH_LIMIT, CRASH_WINDOW_S, Config, ConfigError
+from .features import install_features
+from .logs import reopen_log_files
 from .runner import loop_factory
 from .scoreboard import Scoreboard, WorkerState
 from .server import Server, ServerState
@@ -146,18 +148,6 @@ def _hand_over(sockets: Sequence[socket.socket]) -> list[socket.socket]:
     blobs to a spawned child and rebuild them here with ``socket.fromshare``.
     """
     return list(sockets)
-
-
-def reopen_log_files() -> int:
-    """Reopen every file handler of the root logger and the access log (after logrotate
-    moved the files); see :func:`fcgi_async.logs.reopen_log_files`.
-
-    Returns:
-        How many handlers were reopened.
-    """
-    from .logs import reopen_log_files as reopen
-
-    return reopen()
 
 
 def _describe_status(status: int) -> str:
@@ -807,7 +797,7 @@ async def _serve_worker(
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, reopen_log_files)
-    server = Server(config, app, sockets)
+    server = Server(config, app, sockets, wrap=install_features)
     try:
         await server.start()
     except Exception:

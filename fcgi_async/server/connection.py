@@ -66,7 +66,7 @@ from ..protocol import (
 from ..types import ClientDisconnected
 
 if TYPE_CHECKING:
-    from .server import ServerState
+    from .state import ServerState
 
 logger = logging.getLogger("fcgi_async.server")
 _app_logger = logging.getLogger("fcgi_async.app")
