@@ -7,7 +7,8 @@ Usage::
 
 Theory of operation
 -------------------
-Each FastCGI request becomes one ``http`` scope built from the CGI params (DESIGN.md §4):
+Each FastCGI request becomes one ``http`` scope built from the CGI params
+(docs/architecture.md, The CGI view):
 
 * ``path`` is the decoded SCRIPT_NAME + PATH_INFO and ``root_path`` the decoded SCRIPT_NAME, as
   :func:`fcgi_async.cgi.split_path` computes them. Both are decoded as UTF-8; a path that is not

@@ -1,4 +1,4 @@
-"""The CGI/1.1 view of a request, shared by both adapters (RFC 3875, DESIGN.md §4).
+"""The CGI/1.1 view of a request, shared by both adapters (RFC 3875; docs/architecture.md).
 
 Web servers disagree on how a URL maps onto SCRIPT_NAME and PATH_INFO:
 

@@ -38,7 +38,8 @@ from .protocol.limits import (
 from .settings import MAX_SECONDS as MAX_SECONDS
 from .settings import Group, check_values, options_table, setting, splice_readme
 
-#: php-fpm's default listen address; loopback only, never every interface (DESIGN.md §6).
+#: php-fpm's default listen address; loopback only, never every interface (docs/architecture.md,
+#: Security boundary).
 DEFAULT_BIND = "127.0.0.1:9000"
 #: Worker threads for WSGI apps (each blocks on I/O like a php-fpm child would).
 DEFAULT_THREADS = 10
