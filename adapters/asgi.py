@@ -81,6 +81,8 @@ from urllib.parse import quote_from_bytes
 import anyio
 
 from fcgi_async.cgi import (
+    COPY_HEAD_BELOW,
+    INTERNAL_ERROR_RESPONSE,
     STRIPPED_PARAMS,
     describe_request,
     has_forbidden_chars,
@@ -115,10 +117,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 #: pathsend reads the file in blocks this large: big enough that a thread hop per block is
 #: cheap next to the copy, small enough to respect flow control (the core splits records).
 PATHSEND_BLOCK_SIZE: Final = 256 * 1024
-#: A first body chunk shorter than this leaves with the header block in one buffer (one write);
-#: a longer one follows it instead of being copied behind it (1 MiB copied per response costs
-#: more than a second write).
-COPY_HEAD_BELOW: Final = 64 * 1024
 #: Header-name translations learnt from the wire are cached up to this many entries. Names
 #: are chosen by clients, so the cache must be bounded; real traffic uses a few dozen.
 MAX_CACHED_HEADER_NAMES: Final = 1024
@@ -138,14 +136,6 @@ _HTTP_VERSIONS: Final = {
 _STATUS_LINES: Final = {
     s.value: b"Status: %d %s\r\n" % (s.value, s.phrase.encode("ascii")) for s in HTTPStatus
 }
-
-_ERROR_500: Final = (
-    b"Status: 500 Internal Server Error\r\n"
-    b"Content-Type: text/plain; charset=utf-8\r\n"
-    b"Content-Length: 21\r\n"
-    b"\r\n"
-    b"Internal Server Error"
-)
 
 _CONTENT_HEADERS: Final = frozenset({b"content-type", b"content-length"})
 
@@ -478,7 +468,7 @@ class ASGIAdapter:
     async def _send_500(self, request: Request) -> None:
         """Answer 500 Internal Server Error; a gone client is logged at debug level."""
         try:
-            await request.end(_ERROR_500)
+            await request.end(INTERNAL_ERROR_RESPONSE)
         except ClientDisconnected as exc:
             self._logger.debug("client disconnected before the 500 response: %r", exc)
 

@@ -38,6 +38,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias, TypeVar, cast
 
 from fcgi_async.cgi import (
+    COPY_HEAD_BELOW,
+    INTERNAL_ERROR_RESPONSE,
     STRIPPED_PARAMS,
     describe_request,
     has_forbidden_chars,
@@ -62,10 +64,6 @@ FILE_BLOCK_SIZE: Final = 64 * 1024
 #: hold a second copy of a big response.
 MAX_JOINED_BODY: Final = 1024 * 1024
 
-#: A body buffer shorter than this leaves with the header block in one buffer (one write); a
-#: longer one follows the header block instead of being copied behind it: copying 1 MiB into
-#: a fresh buffer costs more than a second write (as in the ASGI adapter).
-COPY_HEAD_BELOW: Final = 64 * 1024
 
 #: The most request body one trip from the worker thread to the loop gathers for ``wsgi.input``
 #: (only reads that ask for at least this much get it all at once).
@@ -75,14 +73,6 @@ MAX_INPUT_PULL: Final = 1024 * 1024
 #: chatty application without newlines cannot grow our memory.
 MAX_ERRORS_LINE: Final = 8 * 1024
 
-#: The response we send when the application fails before any byte of its own went out.
-INTERNAL_ERROR_RESPONSE: Final = (
-    b"Status: 500 Internal Server Error\r\n"
-    b"Content-Type: text/plain; charset=utf-8\r\n"
-    b"Content-Length: 21\r\n"
-    b"\r\n"
-    b"Internal Server Error"
-)
 
 #: The ``exc_info`` argument of ``start_response`` (what ``sys.exc_info()`` returns).
 ExcInfo: TypeAlias = (

@@ -28,6 +28,19 @@ STRIPPED_PARAMS = frozenset({b"HTTP_PROXY"})
 #: long digit string costs quadratic time (Python refuses beyond 4300 digits).
 MAX_LENGTH_DIGITS = 19
 
+#: What a request gets when its application fails (or returns) before sending anything: the
+#: server's answer and both adapters' (docs/architecture.md, Failure rules). nginx would turn
+#: a missing header block into a 502 with no hint.
+INTERNAL_ERROR_RESPONSE = (
+    b"Status: 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 21\r\n\r\nInternal Server Error"
+)
+
+#: The adapters send a first body chunk shorter than this with the header block in one buffer
+#: (one write); a longer one follows the header block instead of being copied behind it:
+#: copying 1 MiB into a fresh buffer costs more than a second write.
+COPY_HEAD_BELOW = 64 * 1024
+
 
 PathInfo = tuple[bytes, bytes, bytes | None, bytes]
 """``(script_name, path_info, raw_path, query_string)`` of a request, from :func:`split_path`.
