@@ -48,7 +48,7 @@ from .logs import reopen_log_files
 from .runner import loop_factory
 from .scoreboard import Scoreboard, WorkerState
 from .server import Server, ServerState
-from .server.listeners import bind_socket, close_listeners, detect_fd0_listener, parse_bind
+from .server.listeners import open_listeners
 from .types import Application
 
 logger = logging.getLogger("fcgi_async.supervisor")
@@ -106,39 +106,15 @@ _WORKER_IGNORED = (signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU
 
 
 def bind_listeners(config: Config, inherited: Sequence[socket.socket] = ()) -> list[socket.socket]:
-    """Bind every configured listener in this (the parent) process.
+    """Bind every configured listener in this (the parent) process, before any fork.
 
-    Like the single-process server: without an explicit ``--bind``, the ``inherited`` sockets
-    (systemd socket activation) or else a listening socket passed as fd 0 by the web server
-    (spawn-fcgi, mod_fcgid) are used instead; with one, ``inherited`` are served besides it.
+    The same choice as the single-process server
+    (:func:`fcgi_async.server.listeners.open_listeners`).
 
     Raises:
         BindError: an address is malformed or cannot be bound; nothing stays bound.
     """
-    explicit = config.bind_explicit
-    if inherited and not explicit:
-        return list(inherited)
-    if not explicit:
-        fd0 = detect_fd0_listener()
-        if fd0 is not None:
-            logger.info("using the listening socket passed as fd 0 by the web server")
-            return [fd0]
-    sockets: list[socket.socket] = []
-    try:
-        for value in config.bind:
-            sockets.append(
-                bind_socket(
-                    parse_bind(value),
-                    backlog=config.backlog,
-                    socket_mode=config.socket_mode,
-                    socket_owner=config.socket_owner,
-                    socket_group=config.socket_group,
-                )
-            )
-    except BaseException:
-        close_listeners(sockets)
-        raise
-    return [*inherited, *sockets]
+    return open_listeners(config, inherited, log=logger)
 
 
 def _hand_over(sockets: Sequence[socket.socket]) -> list[socket.socket]:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..types import Application
 from .connection import FastCGIProtocol
-from .listeners import bind_socket, close_listeners, describe, detect_fd0_listener, parse_bind
+from .listeners import close_listeners, describe, open_listeners
 from .state import ServerState, Wrap
 
 if TYPE_CHECKING:
@@ -103,34 +103,7 @@ class Server:
         if self._given_sockets is not None:
             return self._given_sockets
         self._owns_sockets = True
-        explicit = self.config.bind_explicit
-        if self._inherited and not explicit:
-            return list(self._inherited)
-        if not explicit:
-            inherited = detect_fd0_listener()
-            if inherited is not None:
-                logger.info("using the listening socket passed as fd 0 by the web server")
-                return [inherited]
-        sockets: list[socket.socket] = []
-        try:
-            for value in self.config.bind:
-                addr = parse_bind(value)
-                sockets.append(
-                    bind_socket(
-                        addr,
-                        backlog=self.config.backlog,
-                        socket_mode=self.config.socket_mode,
-                        socket_owner=self.config.socket_owner,
-                        socket_group=self.config.socket_group,
-                    )
-                )
-                if addr.kind == "unix":
-                    self._unix_files.append((addr.path, os.stat(addr.path).st_ino))
-        except BaseException:
-            close_listeners(sockets)
-            self._unix_files.clear()
-            raise
-        return [*self._inherited, *sockets]
+        return open_listeners(self.config, self._inherited, unix_files=self._unix_files)
 
     async def start(self) -> None:
         """Bind, run the app's startup, then listen. Raises what binding or the startup raised.
