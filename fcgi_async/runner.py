@@ -33,6 +33,28 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
+#: The signals that stop a serving process gracefully (SIGUSR1 reopens the log files).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+
+def handle_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Callable[[], None]:
+    """Wire a serving process's signals: :data:`STOP_SIGNALS` set ``stop``, SIGUSR1 reopens
+    the log files (logrotate's postrotate). Used by :func:`serve` and every supervised worker.
+
+    Returns:
+        A function that removes these handlers again.
+    """
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, reopen_log_files)
+
+    def remove() -> None:
+        for sig in (*STOP_SIGNALS, signal.SIGUSR1):
+            loop.remove_signal_handler(sig)
+
+    return remove
+
+
 async def serve(
     config: Config,
     app: Application,
@@ -46,11 +68,8 @@ async def serve(
     ``ready`` is called once the server listens; ``inherited`` are systemd's sockets (see
     :class:`~fcgi_async.server.Server`).
     """
-    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGUSR1, reopen_log_files)  # logrotate's postrotate
+    remove_handlers = handle_signals(asyncio.get_running_loop(), stop)
     server = Server(config, app, sockets, inherited=inherited, wrap=install_features)
     await server.start()
     try:
@@ -59,8 +78,7 @@ async def serve(
         await stop.wait()
         logger.info("stopping: no new connections; finishing running requests")
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1):
-            loop.remove_signal_handler(sig)
+        remove_handlers()
         await server.shutdown()
     logger.info("stopped")
 

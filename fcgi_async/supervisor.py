@@ -45,7 +45,7 @@ from typing import NoReturn
 from .config import CRASH_LIMIT, CRASH_WINDOW_S, Config, ConfigError
 from .features import install_features
 from .logs import reopen_log_files
-from .runner import loop_factory
+from .runner import handle_signals, loop_factory
 from .scoreboard import Scoreboard, WorkerState
 from .server import Server, ServerState
 from .server.listeners import open_listeners
@@ -770,9 +770,7 @@ async def _serve_worker(
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGUSR1, reopen_log_files)
+    handle_signals(loop, stop)  # the loop's close removes them
     server = Server(config, app, sockets, wrap=install_features)
     try:
         await server.start()
