@@ -1,12 +1,13 @@
 """The access log, the log files, and what SIGUSR1 reopens.
 
-Access log theory of operation: with ``access_log`` set, the server builds each request's
-handle as a :class:`LoggedRequestHandle` and puts :class:`AccessLogApp` in front of the
-application. The handle reads the CGI header block of the *first* STDOUT chunk once (the
-``Status:`` line, or ``Location:`` for CGI's implicit 302; else 200) and counts the bytes
-after it; the line is written when the request's task ends, so a 500 the server sends for an
-application that failed is logged as 500. Without ``access_log`` none of this exists: plain
-handles, no wrapper, no cost per request.
+Access log theory of operation: with ``access_log`` set,
+:func:`fcgi_async.features.install_features` (the Server's ``wrap``) makes the server build
+each request's handle as a :class:`LoggedRequestHandle` and puts :class:`AccessLogApp` in
+front of the application. The handle reads the CGI header block of the *first* STDOUT chunk
+once (the ``Status:`` line, or ``Location:`` for CGI's implicit 302; else 200) and counts the
+bytes after it; the line is written when the request's task ends, so a 500 the server sends
+for an application that failed is logged as 500. Without ``access_log`` none of this exists:
+plain handles, no wrapper, no cost per request.
 
 If the first chunk does not hold the whole header block (an application that sends its
 headers in pieces), the status is read from what it holds and every STDOUT byte counts as body.
