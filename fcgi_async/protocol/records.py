@@ -190,11 +190,12 @@ def select_decode_pairs(use_speedups: bool) -> DecodePairs:
     speedups = load_speedups(SPEEDUPS_MODULE, use_speedups)
     if speedups is None:
         return _decode_pairs_py
-    c_decode = speedups.decode_pairs
+    c_decode: Callable[[bytes | bytearray, int, type[Exception]], list[tuple[bytes, bytes]]] = (
+        speedups.decode_pairs
+    )
 
     def decode_pairs_c(data: bytes | bytearray, max_pairs: int) -> list[tuple[bytes, bytes]]:
-        pairs: list[tuple[bytes, bytes]] = c_decode(data, max_pairs, RemoteProtocolError)
-        return pairs
+        return c_decode(data, max_pairs, RemoteProtocolError)
 
     decode_pairs_c.__doc__ = _decode_pairs_py.__doc__
     return decode_pairs_c
