@@ -7,7 +7,8 @@ Usage::
 
 Theory of operation
 -------------------
-Each FastCGI request becomes one ``http`` scope built from the CGI params (DESIGN.md §4):
+Each FastCGI request becomes one ``http`` scope built from the CGI params
+(docs/architecture.md, The CGI view):
 
 * ``path`` is the decoded SCRIPT_NAME + PATH_INFO and ``root_path`` the decoded SCRIPT_NAME, as
   :func:`fcgi_async.cgi.split_path` computes them. Both are decoded as UTF-8; a path that is not
@@ -71,7 +72,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from http import HTTPStatus
 from typing import Any, Final, Literal, NoReturn
@@ -80,6 +80,8 @@ from urllib.parse import quote_from_bytes
 import anyio
 
 from fcgi_async.cgi import (
+    COPY_HEAD_BELOW,
+    INTERNAL_ERROR_RESPONSE,
     STRIPPED_PARAMS,
     describe_request,
     has_forbidden_chars,
@@ -88,6 +90,7 @@ from fcgi_async.cgi import (
     split_path,
 )
 from fcgi_async.protocol import Role
+from fcgi_async.protocol.speedups import load_speedups, speedups_wanted
 from fcgi_async.types import ClientDisconnected, Request
 
 __all__ = [
@@ -114,10 +117,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 #: pathsend reads the file in blocks this large: big enough that a thread hop per block is
 #: cheap next to the copy, small enough to respect flow control (the core splits records).
 PATHSEND_BLOCK_SIZE: Final = 256 * 1024
-#: A first body chunk shorter than this leaves with the header block in one buffer (one write);
-#: a longer one follows it instead of being copied behind it (1 MiB copied per response costs
-#: more than a second write).
-COPY_HEAD_BELOW: Final = 64 * 1024
 #: Header-name translations learnt from the wire are cached up to this many entries. Names
 #: are chosen by clients, so the cache must be bounded; real traffic uses a few dozen.
 MAX_CACHED_HEADER_NAMES: Final = 1024
@@ -137,14 +136,6 @@ _HTTP_VERSIONS: Final = {
 _STATUS_LINES: Final = {
     s.value: b"Status: %d %s\r\n" % (s.value, s.phrase.encode("ascii")) for s in HTTPStatus
 }
-
-_ERROR_500: Final = (
-    b"Status: 500 Internal Server Error\r\n"
-    b"Content-Type: text/plain; charset=utf-8\r\n"
-    b"Content-Length: 21\r\n"
-    b"\r\n"
-    b"Internal Server Error"
-)
 
 _CONTENT_HEADERS: Final = frozenset({b"content-type", b"content-length"})
 
@@ -230,51 +221,58 @@ HttpScope = Callable[
 """``http_scope(params, root_path, state, names)``: a request's scope, or ``None`` to decline."""
 
 
-def _decline(
+def _http_scope_ref(
     params: Mapping[bytes, bytes],
     root_path: bytes | None,
     state: dict[str, Any],
     names: dict[bytes, bytes | None],
-) -> None:
-    """The scope builder used without the accelerator: the reference builds every scope."""
-    return None
+) -> dict[str, Any]:
+    """The scope builder without the accelerator: the reference, with the C builder's
+    arguments (it keeps its own header-name cache)."""
+    return _http_scope_py(params, root_path, state)
 
 
-def _no_response_head(status: object, headers: object, status_lines: dict[int, bytes]) -> None:
-    """The header-block builder used without the accelerator: the reference builds them all."""
-    return None
+def _response_head_ref(status: Any, headers: Any, status_lines: dict[int, bytes]) -> bytes:
+    """The header-block builder without the accelerator: the reference, with the C
+    builder's arguments."""
+    return _response_head_py({"type": "http.response.start", "status": status, "headers": headers})
 
 
 ResponseHead = Callable[[object, object, dict[int, bytes]], bytes | None]
 
 
+#: The C accelerator of this module (built by pip when a compiler is present).
+SPEEDUPS_MODULE = "fcgi_async.adapters._speedups"
+
+
 def select_response_head(use_speedups: bool) -> ResponseHead:
-    """Return the C header-block builder when asked for and built, else one that declines."""
-    if use_speedups:
-        try:
-            from . import _speedups
-        except ImportError:
-            pass
-        else:
-            return _speedups.response_head
-    return _no_response_head
+    """Return the C header-block builder when asked for and built, else the reference.
+
+    The C builder declines (None) the header blocks it does not build itself; the caller then
+    runs the reference.
+    """
+    speedups = load_speedups(SPEEDUPS_MODULE, use_speedups)
+    if speedups is None:
+        return _response_head_ref
+    head: ResponseHead = speedups.response_head
+    return head
 
 
 def select_http_scope(use_speedups: bool) -> HttpScope:
-    """Return the C scope builder when asked for and built, else one that always declines."""
-    if use_speedups:
-        try:
-            from . import _speedups
-        except ImportError:
-            pass
-        else:
-            return _speedups.http_scope
-    return _decline
+    """Return the C scope builder when asked for and built, else the reference.
+
+    The C builder declines (None) the unusual requests; the caller then runs the reference.
+    """
+    speedups = load_speedups(SPEEDUPS_MODULE, use_speedups)
+    if speedups is None:
+        return _http_scope_ref
+    scope: HttpScope = speedups.http_scope
+    return scope
 
 
 #: ``FCGI_ASYNC_NO_SPEEDUPS=1`` leaves every scope to the pure-Python reference.
-_http_scope: HttpScope = select_http_scope(not os.environ.get("FCGI_ASYNC_NO_SPEEDUPS"))
-_c_response_head: ResponseHead = select_response_head(not os.environ.get("FCGI_ASYNC_NO_SPEEDUPS"))
+_http_scope: HttpScope = select_http_scope(speedups_wanted())
+_c_response_head: ResponseHead = select_response_head(speedups_wanted())
 
 
 def _http_scope_py(
@@ -428,7 +426,7 @@ class ASGIAdapter:
         """
         params = request.params
         scope = _http_scope(params, self._root_path, self._state, _HEADER_NAMES)
-        if scope is None:  # anything unusual (or no accelerator): the reference decides
+        if scope is None:  # anything unusual for the accelerator: the reference decides
             scope = _http_scope_py(params, self._root_path, self._state)
         if request.role == _FILTER:
             scope["extensions"]["fcgi.data"] = {"receive": request.receive_data}
@@ -477,7 +475,7 @@ class ASGIAdapter:
     async def _send_500(self, request: Request) -> None:
         """Answer 500 Internal Server Error; a gone client is logged at debug level."""
         try:
-            await request.end(_ERROR_500)
+            await request.end(INTERNAL_ERROR_RESPONSE)
         except ClientDisconnected as exc:
             self._logger.debug("client disconnected before the 500 response: %r", exc)
 

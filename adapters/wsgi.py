@@ -11,26 +11,13 @@ control, so nothing is ever buffered beyond one chunk. ``wsgi.input`` pulls the 
 same way, as much as a read needs per trip.
 
 Why a pool of our own rather than anyio or :mod:`concurrent.futures`: the thread hop is most of
-the adapter's cost. Measured with ``benchmarks/micro_wsgi.py`` (the real server protocol over
-32 fake keep-alive connections, the raw WSGI hello, uvloop, the 2-CPU build machine; process CPU
-time per request, the whole server path included, medians of interleaved rounds):
-``anyio.to_thread.run_sync`` with a ``CapacityLimiter`` ~95-130 µs; ``loop.run_in_executor`` on
-a ``ThreadPoolExecutor`` ~55 µs; this pool (a ``SimpleQueue``, one future, one
-``call_soon_threadsafe``) ~30-37 µs, against ~27-29 µs with the application called on the loop
-(no thread at all; for comparison only). Going back to the loop, :class:`_Hop` (a task and a
-lock) costs about half of ``asyncio.run_coroutine_threadsafe(...).result()`` or
-``anyio.from_thread.run``: ~300 µs instead of ~560 µs for a body of 8 streamed chunks.
+the adapter's cost, and this pool (a ``SimpleQueue``, one future, one ``call_soon_threadsafe``)
+costs about half of ``loop.run_in_executor`` and a fraction of ``anyio.to_thread.run_sync``;
+going back to the loop, :class:`_Hop` (a task and a lock) costs about half of
+``asyncio.run_coroutine_threadsafe(...).result()``. The measurements, and what was tried and
+dropped, are in ``benchmarks/results/wsgi-thread-hop.md`` (figures go stale in docstrings).
 
-Behind nginx (``wrk -c32``, keep-alive upstream) the same change took the raw hello from ~7k to
-~12-15k req/s and the worker's CPU from ~125-145 to ~60-70 µs per request; the ASGI hello costs
-~30-40 µs there. The difference is mostly the GIL passing between the loop and a worker thread
-when requests trickle in rather than arrive in batches (a context switch or more per request,
-against 0.3 in the batched micro-benchmark). Tried and dropped for want of a measured gain:
-fewer threads, waking one thread at a time, deferring the wake-up to the end of the loop
-iteration, a worker that spins (``sleep(0)``) before it sleeps, a loop that yields the GIL
-after each hand-over (the last two were much slower).
-
-Failure rules (DESIGN.md §3): an application that fails before any response byte left gets a
+Failure rules (docs/architecture.md): an application that fails before any response byte left gets a
 500 of our own (nginx turns a missing header block into a 502); one that fails after the
 response started gets :meth:`Request.fail`, so the client sees a broken response rather than a
 clean short one. A gone client is not an application error: it is logged at debug level.
@@ -51,6 +38,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias, TypeVar, cast
 
 from fcgi_async.cgi import (
+    COPY_HEAD_BELOW,
+    INTERNAL_ERROR_RESPONSE,
     STRIPPED_PARAMS,
     describe_request,
     has_forbidden_chars,
@@ -75,10 +64,6 @@ FILE_BLOCK_SIZE: Final = 64 * 1024
 #: hold a second copy of a big response.
 MAX_JOINED_BODY: Final = 1024 * 1024
 
-#: A body buffer shorter than this leaves with the header block in one buffer (one write); a
-#: longer one follows the header block instead of being copied behind it: copying 1 MiB into
-#: a fresh buffer costs more than a second write (as in the ASGI adapter).
-COPY_HEAD_BELOW: Final = 64 * 1024
 
 #: The most request body one trip from the worker thread to the loop gathers for ``wsgi.input``
 #: (only reads that ask for at least this much get it all at once).
@@ -88,14 +73,6 @@ MAX_INPUT_PULL: Final = 1024 * 1024
 #: chatty application without newlines cannot grow our memory.
 MAX_ERRORS_LINE: Final = 8 * 1024
 
-#: The response we send when the application fails before any byte of its own went out.
-INTERNAL_ERROR_RESPONSE: Final = (
-    b"Status: 500 Internal Server Error\r\n"
-    b"Content-Type: text/plain; charset=utf-8\r\n"
-    b"Content-Length: 21\r\n"
-    b"\r\n"
-    b"Internal Server Error"
-)
 
 #: The ``exc_info`` argument of ``start_response`` (what ``sys.exc_info()`` returns).
 ExcInfo: TypeAlias = (

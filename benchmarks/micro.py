@@ -25,7 +25,7 @@ from typing import Any
 from fcgi_async.config import Config
 from fcgi_async.protocol import ClientConnection
 from fcgi_async.server.connection import FastCGIProtocol
-from fcgi_async.server.server import ServerState
+from fcgi_async.server.state import ServerState
 from fcgi_async.types import Application, Request
 
 PARAMS = {

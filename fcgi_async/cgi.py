@@ -1,4 +1,4 @@
-"""The CGI/1.1 view of a request, shared by both adapters (RFC 3875, DESIGN.md §4).
+"""The CGI/1.1 view of a request, shared by both adapters (RFC 3875; docs/architecture.md).
 
 Web servers disagree on how a URL maps onto SCRIPT_NAME and PATH_INFO:
 
@@ -27,6 +27,19 @@ STRIPPED_PARAMS = frozenset({b"HTTP_PROXY"})
 #: field (the status scoreboard's), no real body comes near 10**19 bytes, and ``int()`` of a
 #: long digit string costs quadratic time (Python refuses beyond 4300 digits).
 MAX_LENGTH_DIGITS = 19
+
+#: What a request gets when its application fails (or returns) before sending anything: the
+#: server's answer and both adapters' (docs/architecture.md, Failure rules). nginx would turn
+#: a missing header block into a 502 with no hint.
+INTERNAL_ERROR_RESPONSE = (
+    b"Status: 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 21\r\n\r\nInternal Server Error"
+)
+
+#: The adapters send a first body chunk shorter than this with the header block in one buffer
+#: (one write); a longer one follows the header block instead of being copied behind it:
+#: copying 1 MiB into a fresh buffer costs more than a second write.
+COPY_HEAD_BELOW = 64 * 1024
 
 
 PathInfo = tuple[bytes, bytes, bytes | None, bytes]
@@ -69,6 +82,23 @@ def split_path(params: Mapping[bytes, bytes], root_path: bytes | None = None) ->
     if root and (full == root or full.startswith(root + b"/")):
         return root, full[len(root) :], raw_path, query
     return b"", full, raw_path, query
+
+
+def request_path(params: Mapping[bytes, bytes]) -> bytes:
+    """The path of a request: DOCUMENT_URI, else SCRIPT_NAME + PATH_INFO, else REQUEST_URI's.
+
+    Used where a request is named without the adapters' full CGI split (the status page, the
+    access log's ``%U``); the path is as the web server sent it (not %-decoded).
+    """
+    get = params.get
+    path = get(b"DOCUMENT_URI")
+    if path:
+        return path
+    joined = (get(b"SCRIPT_NAME") or b"") + (get(b"PATH_INFO") or b"")
+    if joined:
+        return joined
+    uri = get(b"REQUEST_URI") or b""
+    return uri.partition(b"?")[0]
 
 
 def is_https(params: Mapping[bytes, bytes]) -> bool:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from .accessformat import compile_access_format
 from .netaddr import Network, parse_network, parse_networks
 from .protocol import Limits, Role
 from .protocol.limits import (
@@ -37,7 +38,8 @@ from .protocol.limits import (
 from .settings import MAX_SECONDS as MAX_SECONDS
 from .settings import Group, check_values, options_table, setting, splice_readme
 
-#: php-fpm's default listen address; loopback only, never every interface (DESIGN.md §6).
+#: php-fpm's default listen address; loopback only, never every interface (docs/architecture.md,
+#: Security boundary).
 DEFAULT_BIND = "127.0.0.1:9000"
 #: Worker threads for WSGI apps (each blocks on I/O like a php-fpm child would).
 DEFAULT_THREADS = 10
@@ -158,8 +160,6 @@ def _process_manager(name: str, value: str) -> str | None:
 
 
 def _access_format(name: str, value: str) -> str | None:
-    from .logs import compile_access_format  # the codes live with the access log
-
     try:
         compile_access_format(value)
     except ValueError as exc:

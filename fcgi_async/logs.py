@@ -1,240 +1,39 @@
 """The access log, the log files, and what SIGUSR1 reopens.
 
-Access log theory of operation: with ``access_log`` set, the server builds each request's
-handle as a :class:`LoggedRequestHandle` and puts :class:`AccessLogApp` in front of the
-application. The handle reads the CGI header block of the *first* STDOUT chunk once (the
-``Status:`` line, or ``Location:`` for CGI's implicit 302; else 200) and counts the bytes
-after it; the line is written when the request's task ends, so a 500 the server sends for an
-application that failed is logged as 500. Without ``access_log`` none of this exists: plain
-handles, no wrapper, no cost per request.
+Access log theory of operation: with ``access_log`` set,
+:func:`fcgi_async.features.install_features` (the Server's ``wrap``) makes the server build
+each request's handle as a :class:`LoggedRequestHandle` and puts :class:`AccessLogApp` in
+front of the application. The handle reads the CGI header block of the *first* STDOUT chunk
+once (the ``Status:`` line, or ``Location:`` for CGI's implicit 302; else 200) and counts the
+bytes after it; the line is written when the request's task ends, so a 500 the server sends
+for an application that failed is logged as 500. Without ``access_log`` none of this exists:
+plain handles, no wrapper, no cost per request.
 
 If the first chunk does not hold the whole header block (an application that sends its
 headers in pieces), the status is read from what it holds and every STDOUT byte counts as body.
 
-Access log format codes (php-fpm's ``access.format`` and gunicorn's ``access_log_format``
-where they agree; where they differ the choice is noted):
-
-=================  ==========================================================================
-``%h`` ``%R``      remote address: the REMOTE_ADDR param, else the web server's address
-``%l``             ``-`` (Apache's identd field, for the combined format)
-``%u``             REMOTE_USER, or ``-``
-``%t``             request start, ``[22/Nov/2026:05:31:20 +0000]`` (Apache and gunicorn
-                   style, with brackets; php-fpm prints it without)
-``%{FMT}t``        request start in ``strftime`` format FMT, without brackets
-``%m``             request method
-``%r``             request line: ``METHOD REQUEST_URI PROTOCOL`` (gunicorn; php-fpm's ``%r``
-                   is the URI, which is ``%U%Q%q`` here)
-``%U``             URI path, without the query (REQUEST_URI up to ``?``; else DOCUMENT_URI,
-                   else SCRIPT_NAME + PATH_INFO)
-``%q``             query string, without ``?``
-``%Q``             ``?`` when there is a query string, else nothing
-``%H``             protocol (SERVER_PROTOCOL)
-``%s``             status of the response
-``%b``             response body bytes, ``-`` for none
-``%B``             response body bytes, ``0`` for none
-``%d``             duration in seconds with 3 decimals; ``%{milliseconds}d`` (or ``mili``)
-                   and ``%{microseconds}d`` (or ``micro``) as php-fpm
-``%D``             duration in microseconds (gunicorn)
-``%M``             duration in milliseconds (gunicorn)
-``%T``             duration in whole seconds (gunicorn)
-``%p``             pid of the process that served the request
-``%i``             FastCGI request id
-``%{Header}i``     request header, from its ``HTTP_*`` param (``%{User-Agent}i``)
-``%a``             user agent (gunicorn; same as ``%{User-Agent}i``)
-``%{NAME}e``       any FastCGI param (``%{SCRIPT_FILENAME}e``)
-``%n``             pool name (php-fpm)
-``%%``             a ``%``
-=================  ==========================================================================
-
-Values that come from the request are escaped (``"`` and ``\\`` with a backslash, control
-characters and bytes that are not UTF-8 as ``\\xNN``, other unprintable characters as
-``\\uNNNN``; :func:`fcgi_async.cgi.printable`, the rule of every log line) so that one request
-is always one line a parser can split.
-
-Statuses without an answer from the application: ``499`` when the web server aborted the
-request before a response began (nginx's code for it), ``500`` when the server answered for
-a failed application.
+The format codes and their compiler live in :mod:`fcgi_async.accessformat` (the
+configuration checks a format without importing the server).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import re
 import sys
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
-from .cgi import printable
+from .accessformat import compile_access_format
 from .protocol import RequestReceived
 from .server.connection import FastCGIProtocol, RequestHandle
 from .types import Application, Request
 
 if TYPE_CHECKING:
-    from .server.server import ServerState
+    from .server.state import ServerState
 
 #: Logger of the access log lines (the message is the whole line).
 ACCESS_LOGGER = "fcgi_async.access"
-
-#: One compiled piece of a format: a literal, or a function of the finished request.
-Piece = str | Callable[["LoggedRequestHandle"], str]
-
-_CODE = re.compile(r"%(?:\{([^}]*)\})?(.)", re.DOTALL)
-_DURATION_UNITS: dict[str, Callable[[float], str]] = {
-    "seconds": lambda s: f"{s:.3f}",
-    "milliseconds": lambda s: f"{s * 1e3:.3f}",
-    "mili": lambda s: f"{s * 1e3:.3f}",
-    "microseconds": lambda s: f"{s * 1e6:.0f}",
-    "micro": lambda s: f"{s * 1e6:.0f}",
-}
-
-
-def _param(handle: RequestHandle, name: bytes, default: str = "-") -> str:
-    value = handle.params.get(name)
-    if not value:
-        return default
-    return printable(value)
-
-
-def request_path(params: object) -> bytes:
-    """The path of a request: DOCUMENT_URI, else SCRIPT_NAME + PATH_INFO, else REQUEST_URI's.
-
-    ``params`` is the request's params mapping (bytes to bytes).
-    """
-    get = params.get  # type: ignore[attr-defined]
-    path: bytes | None = get(b"DOCUMENT_URI")
-    if path:
-        return path
-    joined: bytes = (get(b"SCRIPT_NAME") or b"") + (get(b"PATH_INFO") or b"")
-    if joined:
-        return joined
-    uri: bytes = get(b"REQUEST_URI") or b""
-    return uri.partition(b"?")[0]
-
-
-def _uri_path(handle: RequestHandle) -> str:
-    uri = handle.params.get(b"REQUEST_URI")
-    path = uri.partition(b"?")[0] if uri else request_path(handle.params)
-    return printable(path) if path else "-"
-
-
-def _query(handle: RequestHandle) -> str:
-    return _param(handle, b"QUERY_STRING", "")
-
-
-def _request_line(handle: RequestHandle) -> str:
-    uri = handle.params.get(b"REQUEST_URI")
-    target = printable(uri) if uri else _uri_path(handle)
-    return f"{_param(handle, b'REQUEST_METHOD')} {target} {_param(handle, b'SERVER_PROTOCOL')}"
-
-
-def _remote(handle: RequestHandle) -> str:
-    addr = handle.params.get(b"REMOTE_ADDR")
-    return printable(addr) if addr else handle.peer
-
-
-def _time(fmt: str | None) -> Callable[[LoggedRequestHandle], str]:
-    fmt = fmt or "[%d/%b/%Y:%H:%M:%S %z]"
-    cache: list[object] = [-1, ""]  # the last second formatted, and its text
-
-    def when(h: LoggedRequestHandle) -> str:
-        second = int(h.log_started)
-        if cache[0] != second:
-            cache[:] = [second, time.strftime(fmt, time.localtime(second))]
-        return cache[1]  # type: ignore[return-value]
-
-    return when
-
-
-_pid = [os.getpid()]
-os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
-
-
-def _header(name: str) -> Callable[[LoggedRequestHandle], str]:
-    key = b"HTTP_" + name.upper().replace("-", "_").encode("latin-1")
-    return lambda h: _param(h, key)
-
-
-def _env(name: str) -> Callable[[LoggedRequestHandle], str]:
-    key = name.encode("latin-1")
-    return lambda h: _param(h, key)
-
-
-def _duration(unit: Callable[[float], str]) -> Callable[[LoggedRequestHandle], str]:
-    return lambda h: unit(h.duration_s())
-
-
-def _bytes_or_dash(h: LoggedRequestHandle) -> str:
-    size = h.body_bytes
-    return str(size) if size else "-"
-
-
-_SIMPLE: dict[str, Callable[[LoggedRequestHandle], str]] = {
-    "h": _remote,
-    "R": _remote,
-    "l": lambda h: "-",
-    "u": lambda h: _param(h, b"REMOTE_USER"),
-    "m": lambda h: _param(h, b"REQUEST_METHOD"),
-    "r": _request_line,
-    "U": _uri_path,
-    "q": _query,
-    "Q": lambda h: "?" if h.params.get(b"QUERY_STRING") else "",
-    "H": lambda h: _param(h, b"SERVER_PROTOCOL"),
-    "s": lambda h: str(h.final_status()),
-    "b": _bytes_or_dash,
-    "B": lambda h: str(h.body_bytes),
-    "D": lambda h: str(round(h.duration_s() * 1e6)),
-    "M": lambda h: str(round(h.duration_s() * 1e3)),
-    "T": lambda h: str(int(h.duration_s())),
-    "p": lambda h: str(_pid[0]),
-    "i": lambda h: str(h.request_id),
-    "a": lambda h: _param(h, b"HTTP_USER_AGENT"),
-    "n": lambda h: h.pool_name,
-}
-
-
-def compile_access_format(fmt: str) -> list[Piece]:
-    """Compile an access log format into literals and value functions.
-
-    Raises:
-        ValueError: an unknown ``%``-code, a code that needs ``{...}`` without it, or a
-            lone ``%`` at the end; the message names it.
-    """
-    pieces: list[Piece] = []
-    pos = 0
-    for match in _CODE.finditer(fmt):
-        if match.start() > pos:
-            pieces.append(fmt[pos : match.start()])
-        pos = match.end()
-        arg, code = match.group(1), match.group(2)
-        if code == "%" and arg is None:
-            pieces.append("%")
-        elif code == "t":
-            pieces.append(_time(arg))
-        elif code == "d":
-            unit = _DURATION_UNITS.get(arg or "seconds")
-            if unit is None:
-                choices = ", ".join(_DURATION_UNITS)
-                raise ValueError(f"%{{{arg}}}d: unknown unit {arg!r}; choose from {choices}")
-            pieces.append(_duration(unit))
-        elif code == "i" and arg is not None:
-            pieces.append(_header(arg))
-        elif code == "e":
-            if not arg:
-                raise ValueError("%e needs a param name: %{NAME}e")
-            pieces.append(_env(arg))
-        elif arg is None and code in _SIMPLE:
-            pieces.append(_SIMPLE[code])
-        else:
-            raise ValueError(f"unknown code {match.group(0)!r} (see the README's access log codes)")
-    rest = fmt[pos:]
-    if "%" in rest:
-        raise ValueError(f"a lone '%' at the end of {fmt!r}; write %% for a percent sign")
-    if rest:
-        pieces.append(rest)
-    return pieces
 
 
 class LoggedRequestHandle(RequestHandle):
@@ -434,5 +233,4 @@ __all__ = [
     "configure_logging",
     "log_file_handlers",
     "reopen_log_files",
-    "request_path",
 ]

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .config import Config
+from .features import install_features
 from .importer import AppLoadError
 from .logs import reopen_log_files
 from .server import Server
@@ -32,6 +33,28 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
+#: The signals that stop a serving process gracefully (SIGUSR1 reopens the log files).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+
+def handle_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Callable[[], None]:
+    """Wire a serving process's signals: :data:`STOP_SIGNALS` set ``stop``, SIGUSR1 reopens
+    the log files (logrotate's postrotate). Used by :func:`serve` and every supervised worker.
+
+    Returns:
+        A function that removes these handlers again.
+    """
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, reopen_log_files)
+
+    def remove() -> None:
+        for sig in (*STOP_SIGNALS, signal.SIGUSR1):
+            loop.remove_signal_handler(sig)
+
+    return remove
+
+
 async def serve(
     config: Config,
     app: Application,
@@ -45,12 +68,9 @@ async def serve(
     ``ready`` is called once the server listens; ``inherited`` are systemd's sockets (see
     :class:`~fcgi_async.server.Server`).
     """
-    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGUSR1, reopen_log_files)  # logrotate's postrotate
-    server = Server(config, app, sockets, inherited=inherited)
+    remove_handlers = handle_signals(asyncio.get_running_loop(), stop)
+    server = Server(config, app, sockets, inherited=inherited, wrap=install_features)
     await server.start()
     try:
         if ready is not None:
@@ -58,8 +78,7 @@ async def serve(
         await stop.wait()
         logger.info("stopping: no new connections; finishing running requests")
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1):
-            loop.remove_signal_handler(sig)
+        remove_handlers()
         await server.shutdown()
     logger.info("stopped")
 

@@ -55,14 +55,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .cgi import parse_length
-from .logs import request_path
+from .cgi import parse_length, request_path
 from .netaddr import host_allowed
 from .scoreboard import WorkerState
 from .types import Application, Request
 
 if TYPE_CHECKING:
-    from .server.server import ServerState
+    from .server.state import ServerState
 
 #: php-fpm's state names for the process rows.
 STATE_NAMES = {

@@ -43,10 +43,12 @@ from types import FrameType
 from typing import NoReturn
 
 from .config import CRASH_LIMIT, CRASH_WINDOW_S, Config, ConfigError
-from .runner import loop_factory
+from .features import install_features
+from .logs import reopen_log_files
+from .runner import handle_signals, loop_factory
 from .scoreboard import Scoreboard, WorkerState
 from .server import Server, ServerState
-from .server.listeners import bind_socket, close_listeners, detect_fd0_listener, parse_bind
+from .server.listeners import open_listeners
 from .types import Application
 
 logger = logging.getLogger("fcgi_async.supervisor")
@@ -104,39 +106,15 @@ _WORKER_IGNORED = (signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU
 
 
 def bind_listeners(config: Config, inherited: Sequence[socket.socket] = ()) -> list[socket.socket]:
-    """Bind every configured listener in this (the parent) process.
+    """Bind every configured listener in this (the parent) process, before any fork.
 
-    Like the single-process server: without an explicit ``--bind``, the ``inherited`` sockets
-    (systemd socket activation) or else a listening socket passed as fd 0 by the web server
-    (spawn-fcgi, mod_fcgid) are used instead; with one, ``inherited`` are served besides it.
+    The same choice as the single-process server
+    (:func:`fcgi_async.server.listeners.open_listeners`).
 
     Raises:
         BindError: an address is malformed or cannot be bound; nothing stays bound.
     """
-    explicit = config.bind_explicit
-    if inherited and not explicit:
-        return list(inherited)
-    if not explicit:
-        fd0 = detect_fd0_listener()
-        if fd0 is not None:
-            logger.info("using the listening socket passed as fd 0 by the web server")
-            return [fd0]
-    sockets: list[socket.socket] = []
-    try:
-        for value in config.bind:
-            sockets.append(
-                bind_socket(
-                    parse_bind(value),
-                    backlog=config.backlog,
-                    socket_mode=config.socket_mode,
-                    socket_owner=config.socket_owner,
-                    socket_group=config.socket_group,
-                )
-            )
-    except BaseException:
-        close_listeners(sockets)
-        raise
-    return [*inherited, *sockets]
+    return open_listeners(config, inherited, log=logger)
 
 
 def _hand_over(sockets: Sequence[socket.socket]) -> list[socket.socket]:
@@ -146,18 +124,6 @@ def _hand_over(sockets: Sequence[socket.socket]) -> list[socket.socket]:
     blobs to a spawned child and rebuild them here with ``socket.fromshare``.
     """
     return list(sockets)
-
-
-def reopen_log_files() -> int:
-    """Reopen every file handler of the root logger and the access log (after logrotate
-    moved the files); see :func:`fcgi_async.logs.reopen_log_files`.
-
-    Returns:
-        How many handlers were reopened.
-    """
-    from .logs import reopen_log_files as reopen
-
-    return reopen()
 
 
 def _describe_status(status: int) -> str:
@@ -804,10 +770,8 @@ async def _serve_worker(
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGUSR1, reopen_log_files)
-    server = Server(config, app, sockets)
+    handle_signals(loop, stop)  # the loop's close removes them
+    server = Server(config, app, sockets, wrap=install_features)
     try:
         await server.start()
     except Exception:

@@ -104,8 +104,9 @@ class Request(Protocol):
         """The response broke after it started: make the web server see a failed response.
 
         Writes a record header no FastCGI peer accepts and closes the connection (see
-        DESIGN.md §3 and the README): nginx, Apache and lighttpd all report an upstream error
-        and cut the client's response short instead of presenting it as complete.
+        docs/architecture.md, Failure rules, and the README): nginx, Apache and lighttpd all
+        report an upstream error and cut the client's response short instead of presenting
+        it as complete.
         """
 
 

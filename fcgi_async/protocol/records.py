@@ -10,7 +10,6 @@ oversized pair, never ``IndexError`` or ``struct.error``.
 
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Callable, Iterable, Mapping
 from typing import Final
@@ -25,6 +24,10 @@ from .constants import (
     UNKNOWN_TYPE,
 )
 from .errors import LocalProtocolError, RemoteProtocolError
+from .speedups import load_speedups, speedups_wanted
+
+#: The C accelerator of this module (built by pip when a compiler is present).
+SPEEDUPS_MODULE = "fcgi_async.protocol._speedups"
 
 #: version, type, requestId, contentLength, paddingLength, reserved (spec §3.3).
 HEADER: Final = struct.Struct(">BBHHBx")
@@ -184,26 +187,22 @@ def select_decode_pairs(use_speedups: bool) -> DecodePairs:
     The accelerator (``_speedups``, built by pip when a compiler is present) must behave
     exactly like :func:`_decode_pairs_py`, error messages included.
     """
-    if use_speedups:
-        try:
-            from . import _speedups
-        except ImportError:
-            pass
-        else:
-            c_decode = _speedups.decode_pairs
+    speedups = load_speedups(SPEEDUPS_MODULE, use_speedups)
+    if speedups is None:
+        return _decode_pairs_py
+    c_decode: Callable[[bytes | bytearray, int, type[Exception]], list[tuple[bytes, bytes]]] = (
+        speedups.decode_pairs
+    )
 
-            def decode_pairs_c(
-                data: bytes | bytearray, max_pairs: int
-            ) -> list[tuple[bytes, bytes]]:
-                return c_decode(data, max_pairs, RemoteProtocolError)
+    def decode_pairs_c(data: bytes | bytearray, max_pairs: int) -> list[tuple[bytes, bytes]]:
+        return c_decode(data, max_pairs, RemoteProtocolError)
 
-            decode_pairs_c.__doc__ = _decode_pairs_py.__doc__
-            return decode_pairs_c
-    return _decode_pairs_py
+    decode_pairs_c.__doc__ = _decode_pairs_py.__doc__
+    return decode_pairs_c
 
 
 #: ``FCGI_ASYNC_NO_SPEEDUPS=1`` forces the pure-Python decoder (to test or debug it).
-decode_pairs: DecodePairs = select_decode_pairs(not os.environ.get("FCGI_ASYNC_NO_SPEEDUPS"))
+decode_pairs: DecodePairs = select_decode_pairs(speedups_wanted())
 
 
 RequestHead = tuple[int, int, int, dict[bytes, bytes], int, bool]
@@ -280,18 +279,13 @@ def select_parse_request_head(use_speedups: bool) -> ParseRequestHead:
 
     The accelerator must behave exactly like :func:`_parse_request_head_py`.
     """
-    if use_speedups:
-        try:
-            from . import _speedups
-        except ImportError:
-            pass
-        else:
-            return _speedups.parse_request_head
-    return _parse_request_head_py
+    speedups = load_speedups(SPEEDUPS_MODULE, use_speedups)
+    if speedups is None:
+        return _parse_request_head_py
+    parse: ParseRequestHead = speedups.parse_request_head
+    return parse
 
 
 #: The request-head fast path the server side uses; ``FCGI_ASYNC_NO_SPEEDUPS=1`` forces the
 #: pure-Python reference.
-parse_request_head: ParseRequestHead = select_parse_request_head(
-    not os.environ.get("FCGI_ASYNC_NO_SPEEDUPS")
-)
+parse_request_head: ParseRequestHead = select_parse_request_head(speedups_wanted())

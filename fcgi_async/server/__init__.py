@@ -2,7 +2,8 @@
 
 from .connection import FastCGIProtocol, RequestHandle
 from .listeners import BindAddress, BindError, bind_socket, parse_bind
-from .server import Server, ServerState
+from .server import Server
+from .state import ServerState, Wrap
 
 __all__ = [
     "BindAddress",
@@ -11,6 +12,7 @@ __all__ = [
     "RequestHandle",
     "Server",
     "ServerState",
+    "Wrap",
     "bind_socket",
     "parse_bind",
 ]

@@ -48,7 +48,7 @@ import sys
 from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
-from ..cgi import printable
+from ..cgi import INTERNAL_ERROR_RESPONSE, printable
 from ..netaddr import Network, host_allowed
 from ..protocol import (
     NEED_DATA,
@@ -66,7 +66,7 @@ from ..protocol import (
 from ..types import ClientDisconnected
 
 if TYPE_CHECKING:
-    from .server import ServerState
+    from .state import ServerState
 
 logger = logging.getLogger("fcgi_async.server")
 _app_logger = logging.getLogger("fcgi_async.app")
@@ -93,11 +93,6 @@ PAUSED_FOR_OUTPUT = 1
 #: ... or the buffered request bodies are above ``max_body_buffer_bytes``.
 PAUSED_FOR_BUFFER = 2
 
-#: What a request gets when the application fails before sending anything.
-INTERNAL_ERROR_RESPONSE = (
-    b"Status: 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\n"
-    b"Content-Length: 21\r\n\r\nInternal Server Error"
-)
 
 #: What a request gets when ``--request-timeout`` ends it before it sent anything.
 GATEWAY_TIMEOUT_RESPONSE = (

@@ -19,9 +19,12 @@ import os
 import pwd
 import socket
 import stat
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 logger = logging.getLogger("fcgi_async.server")
 
@@ -308,6 +311,60 @@ def detect_fd0_listener() -> socket.socket | None:
             return sock
     sock.close()
     return None
+
+
+def open_listeners(
+    config: Config,
+    inherited: Sequence[socket.socket] = (),
+    *,
+    unix_files: list[tuple[str, int]] | None = None,
+    log: logging.Logger = logger,
+) -> list[socket.socket]:
+    """The listening sockets to serve: bound here, or handed to this process.
+
+    Without an explicit ``--bind``, the ``inherited`` sockets (systemd socket activation) or
+    else a listening socket passed as fd 0 by the web server (spawn-fcgi, mod_fcgid) are used
+    instead of the default bind; with one, ``inherited`` are served besides it. The one place
+    that decides this, for the single-process Server and the supervisor's parent.
+
+    Args:
+        unix_files: when given, receives ``(path, inode)`` of every unix socket file bound
+            here, so that the caller removes at shutdown only a file that is still its own.
+        log: where the fd 0 hand-over is noted (the caller's logger).
+
+    Raises:
+        BindError: an address is malformed or cannot be bound; nothing stays bound.
+    """
+    explicit = config.bind_explicit
+    if inherited and not explicit:
+        return list(inherited)
+    if not explicit:
+        fd0 = detect_fd0_listener()
+        if fd0 is not None:
+            log.info("using the listening socket passed as fd 0 by the web server")
+            return [fd0]
+    sockets: list[socket.socket] = []
+    files: list[tuple[str, int]] = []
+    try:
+        for value in config.bind:
+            addr = parse_bind(value)
+            sockets.append(
+                bind_socket(
+                    addr,
+                    backlog=config.backlog,
+                    socket_mode=config.socket_mode,
+                    socket_owner=config.socket_owner,
+                    socket_group=config.socket_group,
+                )
+            )
+            if addr.kind == "unix":
+                files.append((addr.path, os.stat(addr.path).st_ino))
+    except BaseException:
+        close_listeners(sockets)
+        raise
+    if unix_files is not None:
+        unix_files.extend(files)
+    return [*inherited, *sockets]
 
 
 def systemd_listeners(

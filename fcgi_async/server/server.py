@@ -8,19 +8,16 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..config import Config
-from ..protocol import FCGI_MAX_CONNS, FCGI_MAX_REQS, FCGI_MPXS_CONNS, Limits, Role
 from ..types import Application
-from .connection import FastCGIProtocol, RequestHandle
-from .listeners import bind_socket, close_listeners, describe, detect_fd0_listener, parse_bind
-from .timeouts import RequestWatch
+from .connection import FastCGIProtocol
+from .listeners import close_listeners, describe, open_listeners
+from .state import ServerState, Wrap
 
 if TYPE_CHECKING:
-    from ..scoreboard import Scoreboard
-    from ..status import StatusApp
+    from ..config import Config
 
 logger = logging.getLogger("fcgi_async.server")
 
@@ -40,124 +37,6 @@ def _unix_server_options(loop: asyncio.AbstractEventLoop) -> dict[str, Any]:
     return {}
 
 
-class ServerState:
-    """What every connection of one server shares: the app, the config, the counters."""
-
-    def __init__(self, config: Config, app: Application, loop: asyncio.AbstractEventLoop) -> None:
-        self.config = config
-        self.app = app
-        self.loop = loop
-        self.limits: Limits = config.limits
-        self.roles: tuple[Role, ...] = config.served_roles
-        #: TCP peers outside these networks are refused (empty: everyone is allowed).
-        self.allowed_networks = config.allowed_networks
-        self.connections: set[FastCGIProtocol] = set()
-        self.accepting = True
-        #: Application tasks still running (a request ends when its task does).
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.active_requests = 0
-        self.total_requests = 0
-        self.idle_event = asyncio.Event()
-        self.idle_event.set()
-        #: Called after the request counters change (a prefork worker reports to its
-        #: supervisor's scoreboard through it); None costs one comparison per request.
-        self.on_change: Callable[[ServerState], None] | None = None
-        #: Requests that ran past ``slowlog_timeout_s`` (php-fpm's "slow requests").
-        self.slow_requests = 0
-        #: Set once :meth:`request_recycle` was called.
-        self.recycle_requested = False
-        #: Called (once) by :meth:`request_recycle`; a prefork worker drains and exits through
-        #: it so its supervisor replaces it. None: the server runs inline and only logs.
-        self.on_recycle: Callable[[str], None] | None = None
-        #: Request timeouts and the slow log; None (nothing per request) when both are off.
-        self.watch = (
-            RequestWatch(self) if config.request_timeout_s or config.slowlog_timeout_s else None
-        )
-        max_reqs = config.max_connections * (
-            config.max_requests_per_connection if config.multiplex else 1
-        )
-        #: GET_VALUES answers, true to this configuration (spec §4.1).
-        self.management_values = {
-            FCGI_MAX_CONNS: str(config.max_connections).encode(),
-            FCGI_MAX_REQS: str(max_reqs).encode(),
-            FCGI_MPXS_CONNS: b"1" if config.multiplex else b"0",
-        }
-        #: The listening sockets (set by Server.start): the status page's listen queue.
-        self.listeners: list[socket.socket] = []
-        #: (scoreboard, slot) of this process under a supervisor (the status page adds up
-        #: every slot); None inline.
-        self.scoreboard_slot: tuple[Scoreboard, int] | None = None
-        #: The class of request handles: a LoggedRequestHandle when the access log is on.
-        self.handle_class: type[RequestHandle] = RequestHandle
-        #: The status and ping endpoints in front of the app; None when neither is configured.
-        self.status: StatusApp | None = None
-        if config.status_path or config.ping_path:
-            from ..status import StatusApp
-
-            self.app = self.status = StatusApp(self.app, self)
-        if config.access_log is not None:
-            from ..logs import AccessLogApp, LoggedRequestHandle
-
-            self.handle_class = LoggedRequestHandle
-            self.app = AccessLogApp(self.app, self)
-
-    def connection_opened(self, proto: FastCGIProtocol) -> bool:
-        """Register a connection; False when over ``max_connections`` (caller closes it)."""
-        if len(self.connections) >= self.config.max_connections or not self.accepting:
-            return False
-        self.connections.add(proto)
-        return True
-
-    def connection_closed(self, proto: FastCGIProtocol) -> None:
-        """Forget a closed connection; its slot is free. Idempotent: a connection aborted for
-        its send deadline is forgotten at once, and again when its ``connection_lost`` comes."""
-        self.connections.discard(proto)
-
-    def request_started(self, task: asyncio.Task[None]) -> None:
-        """Count a request whose application task began; it counts until the task is done.
-
-        Not until its END_REQUEST: application code that outlives its response, an abort or a
-        broken connection still runs, and shutdown must wait for it or cancel it.
-        """
-        self.tasks.add(task)
-        task.add_done_callback(self.request_finished)
-        if not self.active_requests:
-            self.idle_event.clear()
-        self.active_requests += 1
-        self.total_requests += 1
-        if self.on_change is not None:
-            self.on_change(self)
-
-    def request_finished(self, task: asyncio.Task[None]) -> None:
-        """Count a request whose application task ended (its done callback)."""
-        self.tasks.discard(task)
-        self.active_requests -= 1
-        if self.active_requests == 0:
-            self.idle_event.set()
-        if self.on_change is not None:
-            self.on_change(self)
-
-    def request_recycle(self, reason: str) -> None:
-        """Ask for this process to be replaced: application code is stuck in it.
-
-        Under a supervisor (``on_recycle`` set) the worker drains and exits after its running
-        requests, like after ``max_requests``, and a fresh one takes its place. Inline, a
-        process cannot replace itself: the error log recommends a restart. Only the first call
-        acts.
-        """
-        if self.recycle_requested:
-            return
-        self.recycle_requested = True
-        if self.on_recycle is not None:
-            self.on_recycle(reason)
-        else:
-            logger.error(
-                "%s: restart this process (its stuck threads cannot be stopped); with a "
-                "supervisor (--workers, --max-requests) workers are recycled automatically",
-                reason,
-            )
-
-
 class Server:
     """Serves an :class:`Application` on the configured listeners in the running loop.
 
@@ -168,6 +47,11 @@ class Server:
             binds in its parent and passes them here).
         inherited: listening sockets passed to this process (systemd socket activation),
             served instead of the default bind, or besides an explicitly configured one.
+        wrap: puts the configured features (status and ping endpoints, access log) in front
+            of ``app`` once the state exists; the CLI's runner and supervisor pass
+            :func:`fcgi_async.features.install_features`. Without it the server serves ``app``
+            as given, and a config that enables a feature is refused (ValueError): the server
+            package imports no feature, so that imports point one way (docs/architecture.md).
 
     Use ``await start()``, then ``await shutdown()``; or ``async with Server(...)``.
     """
@@ -179,9 +63,18 @@ class Server:
         sockets: Sequence[socket.socket] | None = None,
         *,
         inherited: Sequence[socket.socket] = (),
+        wrap: Wrap | None = None,
     ) -> None:
+        if wrap is None and (
+            config.status_path or config.ping_path or config.access_log is not None
+        ):
+            raise ValueError(
+                "the config enables the status page, ping or the access log: pass "
+                "wrap=fcgi_async.features.install_features to Server"
+            )
         self.config = config
         self.app = app
+        self._wrap = wrap
         self._given_sockets = list(sockets) if sockets is not None else None
         self._inherited = list(inherited)
         self._sockets: list[socket.socket] = []
@@ -210,34 +103,7 @@ class Server:
         if self._given_sockets is not None:
             return self._given_sockets
         self._owns_sockets = True
-        explicit = self.config.bind_explicit
-        if self._inherited and not explicit:
-            return list(self._inherited)
-        if not explicit:
-            inherited = detect_fd0_listener()
-            if inherited is not None:
-                logger.info("using the listening socket passed as fd 0 by the web server")
-                return [inherited]
-        sockets: list[socket.socket] = []
-        try:
-            for value in self.config.bind:
-                addr = parse_bind(value)
-                sockets.append(
-                    bind_socket(
-                        addr,
-                        backlog=self.config.backlog,
-                        socket_mode=self.config.socket_mode,
-                        socket_owner=self.config.socket_owner,
-                        socket_group=self.config.socket_group,
-                    )
-                )
-                if addr.kind == "unix":
-                    self._unix_files.append((addr.path, os.stat(addr.path).st_ino))
-        except BaseException:
-            close_listeners(sockets)
-            self._unix_files.clear()
-            raise
-        return [*self._inherited, *sockets]
+        return open_listeners(self.config, self._inherited, unix_files=self._unix_files)
 
     async def start(self) -> None:
         """Bind, run the app's startup, then listen. Raises what binding or the startup raised.
@@ -247,6 +113,8 @@ class Server:
         """
         loop = asyncio.get_running_loop()
         self._state = state = ServerState(self.config, self.app, loop)
+        if self._wrap is not None:
+            state.app = self._wrap(state.app, state)
         self._sockets = self._open_sockets()
         self._addresses = [describe(s) for s in self._sockets]
         try:

@@ -40,7 +40,7 @@ from ..cgi import describe_request, printable
 
 if TYPE_CHECKING:
     from .connection import RequestHandle
-    from .server import ServerState
+    from .state import ServerState
 
 logger = logging.getLogger("fcgi_async.server")
 #: Where slow-log entries go when no ``slowlog`` file is configured.

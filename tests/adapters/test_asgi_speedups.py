@@ -68,7 +68,7 @@ def check(params: dict[bytes, Any], root_path: bytes | None = None, **state: Any
 
 def test_the_c_builder_is_built() -> None:
     """CI builds the accelerator; a silent fallback would leave it untested."""
-    assert C is not asgi._decline
+    assert C is not asgi._http_scope_ref
 
 
 def test_builds_what_nginx_sends() -> None:
@@ -188,7 +188,7 @@ async def scope_of(params: dict[str, str]) -> dict[str, Any]:
 async def test_new_names_are_learnt_then_served_from_the_cache(
     use_c: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(asgi, "_http_scope", C if use_c else asgi._decline)
+    monkeypatch.setattr(asgi, "_http_scope", C if use_c else asgi._http_scope_ref)
     # A fresh cache: earlier tests may have filled the process-wide one with random names.
     monkeypatch.setattr(asgi, "_HEADER_NAMES", dict(asgi._INITIAL_HEADER_NAMES))
     params = {"HTTP_X_NEVER_SEEN": "1", "HTTP_": "empty name", "DOCUMENT_ROOT": "/srv"}
@@ -204,7 +204,7 @@ async def test_new_names_are_learnt_then_served_from_the_cache(
 async def test_headers_are_right_once_the_name_cache_is_full(
     use_c: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(asgi, "_http_scope", C if use_c else asgi._decline)
+    monkeypatch.setattr(asgi, "_http_scope", C if use_c else asgi._http_scope_ref)
     monkeypatch.setattr(asgi, "_HEADER_NAMES", dict(asgi._HEADER_NAMES))
     monkeypatch.setattr(asgi, "MAX_CACHED_HEADER_NAMES", len(asgi._HEADER_NAMES))
     scope = await scope_of({"HTTP_X_FULL": "yes", "HTTP_ACCEPT": "*/*"})
@@ -226,7 +226,7 @@ def head_check(status: Any, headers: Any) -> object:
 
 
 def test_the_c_header_block_builder_is_built() -> None:
-    assert HEAD_C is not asgi._no_response_head
+    assert HEAD_C is not asgi._response_head_ref
 
 
 @pytest.mark.parametrize(
@@ -275,3 +275,14 @@ def test_header_blocks_match_python(
     status: int, headers: list[tuple[bytes, bytes]], as_tuple: bool
 ) -> None:
     head_check(status, tuple(headers) if as_tuple else headers)
+
+
+def test_without_the_accelerator_the_selectors_return_the_references() -> None:
+    """One convention (fcgi_async.protocol.speedups): C or the reference, never a stub."""
+    params = {b"REQUEST_METHOD": b"GET", b"REQUEST_URI": b"/a?b=c", b"HTTP_HOST": b"x"}
+    scope = asgi.select_http_scope(False)(params, None, {}, {})
+    assert scope == asgi._http_scope_py(params, None, {})
+    headers = [(b"content-type", b"text/plain")]
+    head = asgi.select_response_head(False)(200, headers, asgi._STATUS_LINES)
+    message = {"type": "http.response.start", "status": 200, "headers": headers}
+    assert head == asgi._response_head_py(message)

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from fcgi_async.config import Config
+from fcgi_async.features import install_features
 from fcgi_async.server import Server
 from fcgi_async.types import Request
 from tests.protocol.helpers import WireRecord, parse_wire
@@ -69,7 +70,7 @@ async def serve(
     Yields ``(server, address, app)``.
     """
     app = RawApp(handler)
-    server = Server(Config(bind=(bind,), **config), app)
+    server = Server(Config(bind=(bind,), **config), app, wrap=install_features)
     await server.start()
     try:
         yield server, server.bound_addresses[0], app

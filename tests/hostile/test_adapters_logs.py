@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from fcgi_async import logs
+from fcgi_async import accessformat
 from fcgi_async.cgi import describe_request, printable
 from fcgi_async.server import connection, timeouts
 
@@ -64,8 +64,8 @@ def test_the_slow_log_and_timeouts_quote_the_request_escaped() -> None:
 
 def test_the_access_log_quotes_the_request_escaped() -> None:
     handle: Any = Handle()
-    assert logs._param(handle, b"REQUEST_URI") == printable(PARAMS[b"REQUEST_URI"])
-    assert logs._param(handle, b"REMOTE_ADDR") == "127.0.0.1\\x0a"
+    assert accessformat._param(handle, b"REQUEST_URI") == printable(PARAMS[b"REQUEST_URI"])
+    assert accessformat._param(handle, b"REMOTE_ADDR") == "127.0.0.1\\x0a"
     # Bytes that are not UTF-8 show as \xNN (they were \\xNN, with an escaped backslash).
-    assert "\\xff" in logs._param(handle, b"REQUEST_URI")
-    assert "\\\\xff" not in logs._param(handle, b"REQUEST_URI")
+    assert "\\xff" in accessformat._param(handle, b"REQUEST_URI")
+    assert "\\\\xff" not in accessformat._param(handle, b"REQUEST_URI")

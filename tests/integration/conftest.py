@@ -19,6 +19,7 @@ except ImportError:  # pragma: no cover - uvloop is a dependency on CPython/POSI
     uvloop = None  # type: ignore[assignment]
 
 from fcgi_async.config import Config
+from fcgi_async.features import install_features
 from fcgi_async.server import Server
 from fcgi_async.types import Application
 
@@ -44,7 +45,7 @@ class Servers:
     async def start(self, app: Application, **settings: object) -> Server:
         """Start a Server for ``app``; ``settings`` are Config fields (bind defaults to port 0)."""
         settings.setdefault("bind", ("127.0.0.1:0",))
-        server = Server(Config().replace(**settings), app)
+        server = Server(Config().replace(**settings), app, wrap=install_features)
         await server.start()
         self.running.append(server)
         return server

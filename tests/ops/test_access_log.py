@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from fcgi_async.config import Config, ConfigError
+from fcgi_async.features import install_features
 from fcgi_async.logs import ACCESS_LOGGER, compile_access_format, configure_logging
 from fcgi_async.server import Server
 from fcgi_async.supervisor import reopen_log_files
@@ -93,7 +94,7 @@ def access_lines() -> Iterator[Lines]:
 @pytest.fixture
 async def server() -> AsyncIterator[tuple[str, int]]:
     config = Config(bind=("127.0.0.1:0",), access_log="-", access_log_format=FORMAT)
-    async with Server(config, App()) as srv:
+    async with Server(config, App(), wrap=install_features) as srv:
         host, _, port = srv.bound_addresses[0].rpartition(":")
         yield host, int(port)
 
@@ -148,7 +149,9 @@ async def test_lines_for_known_requests(
 
 
 async def test_default_format_and_time(access_lines: Lines) -> None:
-    async with Server(Config(bind=("127.0.0.1:0",), access_log="-"), App()) as srv:
+    async with Server(
+        Config(bind=("127.0.0.1:0",), access_log="-"), App(), wrap=install_features
+    ) as srv:
         host, _, port = srv.bound_addresses[0].rpartition(":")
         await fcgi_request((host, int(port)), params_for("/a?b=c"))
         await wait_lines(access_lines, 1)
@@ -322,7 +325,7 @@ async def test_timed_out_request_is_logged_504_and_counted_slow(
         slowlog_timeout_s=0.5,
         request_timeout_s=1.5,
     )
-    async with Server(config, Sleeper()) as srv:
+    async with Server(config, Sleeper(), wrap=install_features) as srv:
         host, _, port = srv.bound_addresses[0].rpartition(":")
         addr = (host, int(port))
         timed_out = await fcgi_request(addr, params_for("/sleep"))

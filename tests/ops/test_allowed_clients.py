@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from fcgi_async.config import Config
+from fcgi_async.features import install_features
 from fcgi_async.server import Server
 from fcgi_async.types import Request
 
@@ -53,7 +54,7 @@ def tcp_address(bound: str) -> tuple[str, int]:
 async def serving(allowed: tuple[str, ...]) -> AsyncIterator[dict[str, tuple[str, int]]]:
     """An inline Server on 127.0.0.1 and ::1; yields {"v4": addr, "v6": addr}."""
     config = Config(bind=("127.0.0.1:0", "[::1]:0"), allowed_clients=allowed)
-    async with Server(config, App()) as server:
+    async with Server(config, App(), wrap=install_features) as server:
         v4, v6 = (tcp_address(b) for b in server.bound_addresses)
         assert (v4[0], v6[0]) == ("127.0.0.1", "::1")
         yield {"v4": v4, "v6": v6}

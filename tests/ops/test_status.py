@@ -19,6 +19,7 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from fcgi_async.config import Config, ConfigError
+from fcgi_async.features import install_features
 from fcgi_async.scoreboard import Scoreboard, WorkerState
 from fcgi_async.server import Server
 from fcgi_async.types import Request
@@ -50,7 +51,7 @@ class App:
 async def served() -> AsyncIterator[tuple[Server, App]]:
     app = App()
     config = Config(bind=("127.0.0.1:0",), status_path="/status", ping_path="/ping")
-    server = Server(config, app)
+    server = Server(config, app, wrap=install_features)
     await server.start()
     yield server, app
     await server.shutdown(1.0)
@@ -222,7 +223,7 @@ async def test_ping(served: tuple[Server, App]) -> None:
 async def test_path_matching() -> None:
     app = App()
     config = Config(bind=("127.0.0.1:0",), ping_path="/fpm-ping", ping_response="alive")
-    async with Server(config, app) as server:
+    async with Server(config, app, wrap=install_features) as server:
         addr = address(server)
         # SCRIPT_NAME + PATH_INFO when there is no DOCUMENT_URI; REQUEST_URI last.
         split = params_for("/fpm-ping", DOCUMENT_URI=None, SCRIPT_NAME="/fpm", PATH_INFO="-ping")
@@ -242,7 +243,7 @@ async def test_refused_for_a_disallowed_client() -> None:
         ping_path="/ping",
         allowed_clients=("127.0.0.1", "10.1.0.0/16"),
     )
-    async with Server(config, app) as server:
+    async with Server(config, app, wrap=install_features) as server:
         addr = address(server)
         for uri in ("/status", "/status?json", "/ping"):
             refused = await fcgi_request(addr, params_for(uri, REMOTE_ADDR="203.0.113.7"))
@@ -257,7 +258,7 @@ async def test_refused_for_a_disallowed_client() -> None:
 
 async def test_without_allowed_clients_only_loopback_users() -> None:
     config = Config(bind=("127.0.0.1:0",), status_path="/status")
-    async with Server(config, App()) as server:
+    async with Server(config, App(), wrap=install_features) as server:
         addr = address(server)
         assert (await fcgi_request(addr, params_for("/status", REMOTE_ADDR="::1"))).status == 200
         outside = await fcgi_request(addr, params_for("/status", REMOTE_ADDR="198.51.100.1"))
@@ -520,3 +521,15 @@ async def test_accepted_conn_keeps_what_recycled_workers_served(tmp_path: Path) 
         sent += 1
         assert doc["accepted conn"] == sent
         assert sum(row["requests"] for row in doc["processes"]) < sent
+
+
+@pytest.mark.parametrize(
+    "settings", [{"status_path": "/status"}, {"ping_path": "/ping"}, {"access_log": "-"}]
+)
+def test_a_server_without_wrap_refuses_a_config_that_enables_a_feature(
+    settings: dict[str, str],
+) -> None:
+    # The server package imports no feature: a caller that forgets the wrap would silently
+    # lose the status page or the access log, so the Server says so instead.
+    with pytest.raises(ValueError, match="install_features"):
+        Server(Config(bind=("127.0.0.1:0",), **settings), App())

@@ -23,6 +23,7 @@ from fcgi_async.adapters.wsgi import WSGIAdapter
 from fcgi_async.cli import config_from_args, main, parse_args
 from fcgi_async.client import FastCGIClient, build_params
 from fcgi_async.config import Config, ConfigError
+from fcgi_async.features import install_features
 from fcgi_async.protocol import (
     NEED_DATA,
     ClientConnection,
@@ -32,7 +33,7 @@ from fcgi_async.protocol import (
 )
 from fcgi_async.server import Server
 from fcgi_async.server.connection import GATEWAY_TIMEOUT_RESPONSE
-from fcgi_async.server.server import ServerState
+from fcgi_async.server.state import ServerState
 from fcgi_async.server.timeouts import coroutine_frames, grace_s
 from fcgi_async.types import Application, ClientDisconnected, Request
 from tests.server.helpers import App, Harness, wait_until
@@ -329,7 +330,9 @@ async def serve() -> AsyncIterator[Callable[..., Any]]:
     running: list[Server] = []
 
     async def start(app: Application, **settings: Any) -> Server:
-        server = Server(Config().replace(bind=("127.0.0.1:0",), **settings), app)
+        server = Server(
+            Config().replace(bind=("127.0.0.1:0",), **settings), app, wrap=install_features
+        )
         await server.start()
         running.append(server)
         return server

@@ -134,7 +134,7 @@ class TestEndRequest:
 
 
 class TestBreakConnection:
-    """Failing a response visibly after its headers left (DESIGN §3)."""
+    """Failing a response visibly after its headers left (docs/architecture.md, Failure rules)."""
 
     def test_peer_fails_visibly(self) -> None:
         pair = _begun()

@@ -86,3 +86,15 @@ def test_same_errors_on_truncated_pairs(data: bytes) -> None:
     assert result == outcome(PY, data, 10)
     assert isinstance(result, tuple)
     assert result[0] == "error"
+
+
+def test_the_loader_honours_the_switch_and_a_missing_extension(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fcgi_async.protocol import speedups
+
+    assert speedups.load_speedups(records.SPEEDUPS_MODULE, False) is None
+    monkeypatch.setenv(speedups.NO_SPEEDUPS_ENV, "1")
+    assert not speedups.speedups_wanted()
+    monkeypatch.setitem(sys.modules, records.SPEEDUPS_MODULE, None)
+    assert speedups.load_speedups(records.SPEEDUPS_MODULE, True) is None

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from fcgi_async.config import Config
 from fcgi_async.protocol import NEED_DATA, ClientConnection, ClientEvent, Role
 from fcgi_async.server.connection import FastCGIProtocol
-from fcgi_async.server.server import ServerState
+from fcgi_async.server.state import ServerState
 from fcgi_async.types import Request
 
 Handler = Callable[[Request], Awaitable[None]]

@@ -28,7 +28,7 @@ from fcgi_async.server.connection import (
     LINGER_TIMEOUT_S,
     FastCGIProtocol,
 )
-from fcgi_async.server.server import ServerState
+from fcgi_async.server.state import ServerState
 from fcgi_async.types import ClientDisconnected, Request
 from tests.protocol.helpers import parse_wire, raw_record
 
