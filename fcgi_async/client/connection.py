@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Final
 
+from .. import _compat
 from ..protocol import (
     NEED_DATA,
     ClientConnection,
@@ -403,7 +404,7 @@ class Connection:
 
     async def _open(self, connect_timeout: float | None) -> None:
         try:
-            async with asyncio.timeout(connect_timeout):
+            async with _compat.timeout(connect_timeout):
                 reader, writer = await open_stream(self.address)
         except TimeoutError:
             self._set_closed()
@@ -677,7 +678,7 @@ class Connection:
         if writer is None:
             return
         with contextlib.suppress(Exception):
-            async with asyncio.timeout(1.0):
+            async with _compat.timeout(1.0):
                 await writer.wait_closed()
 
 

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .. import _compat
 from ..config import Config
 from ..protocol import FCGI_MAX_CONNS, FCGI_MAX_REQS, FCGI_MPXS_CONNS, Limits, Role
 from ..types import Application
@@ -349,7 +350,8 @@ class Server:
                 "waiting up to %.0f s for %d running request(s)", timeout, state.active_requests
             )
             try:
-                await asyncio.wait_for(state.idle_event.wait(), timeout)
+                async with _compat.timeout(timeout):
+                    await state.idle_event.wait()
             except TimeoutError:
                 logger.warning("graceful timeout: cancelling %d request(s)", state.active_requests)
         tasks = [task for task in state.tasks if not task.done()]

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
 
+from fcgi_async import _compat
 from fcgi_async.protocol import (
     NEED_DATA,
     RequestAborted,
@@ -95,7 +96,7 @@ async def fake_server(
         for writer in state.writers:
             writer.close()
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(2):
+            async with _compat.timeout(2):
                 await srv.wait_closed()
 
 
@@ -216,5 +217,5 @@ async def flood_server(
         for writer in state.writers:
             writer.close()
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(2):
+            async with _compat.timeout(2):
                 await srv.wait_closed()
