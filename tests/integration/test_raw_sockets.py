@@ -741,6 +741,26 @@ async def test_unix_socket_serves_and_is_removed_at_shutdown(
     assert app.lifecycle == ["startup", "shutdown"]
 
 
+async def test_an_inherited_unix_socket_file_outlives_the_server(
+    peers: list[Peer], short_tmp: Path
+) -> None:
+    # systemd's or the web server's socket is never ours to remove, and a draining prefork
+    # worker leaves the path its siblings listen on: asyncio 3.13+ and uvloop 0.22+ unlink
+    # the file at close unless told not to (cleanup_socket).
+    path = short_tmp / "inherited.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen()
+    app = App(echo)
+    async with Server(Config(), app, inherited=[listener]) as server:
+        peer = await connect(server, peers)
+        assert (await peer.request({b"TAG": b"kept"})).body == b"kept:"
+        await server.shutdown()
+    listener.close()
+    assert path.exists()
+    assert app.lifecycle == ["startup", "shutdown"]
+
+
 async def test_unix_socket_replaces_a_stale_socket_file(
     servers: Servers, peers: list[Peer], short_tmp: Path
 ) -> None:
