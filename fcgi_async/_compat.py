@@ -14,7 +14,33 @@ from typing import Any, TypeVar
 
 _T = TypeVar("_T")
 
-__all__ = ["run_with_loop", "timeout", "tomllib", "uncancel"]
+__all__ = [
+    "WRITELINES_MAY_NOT_PAUSE",
+    "pause_if_full",
+    "run_with_loop",
+    "timeout",
+    "tomllib",
+    "uncancel",
+]
+
+#: asyncio's selector transport on CPython 3.12.0-3.12.8 and 3.13.0-3.13.1 never pauses its
+#: protocol from ``writelines()`` (CPython gh-127655), so ``StreamWriter.drain()`` never waits:
+#: a peer that reads slowly (or never) has everything written buffered in memory.
+WRITELINES_MAY_NOT_PAUSE = (3, 12) <= sys.version_info < (3, 12, 9) or (
+    (3, 13) <= sys.version_info < (3, 13, 2)
+)
+
+
+def pause_if_full(transport: asyncio.BaseTransport) -> None:
+    """What ``writelines()`` should have done on the versions of
+    :data:`WRITELINES_MAY_NOT_PAUSE`: pause the protocol when the write buffer is over its
+    high-water mark. Only asyncio's own transports have the (private, stable since 3.4)
+    method; uvloop's pause by themselves. Callers test the constant first, so 3.11 pays no call.
+    """
+    pause = getattr(transport, "_maybe_pause_protocol", None)
+    if pause is not None:
+        pause()
+
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout

@@ -426,6 +426,8 @@ class Connection:
         if self.state != State.READY or writer is None or writer.is_closing():
             raise ConnectionLost(f"connection to {self.address} is closed")
         writer.writelines(buffers)
+        if _compat.WRITELINES_MAY_NOT_PAUSE:  # else drain() never waits for a slow server
+            _compat.pause_if_full(writer.transport)
 
     def _free_id(self) -> int:
         rid = 1

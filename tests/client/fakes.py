@@ -155,6 +155,8 @@ async def flood_server(
                 sent += len(head)
             while sent < limit and not stop.is_set() and not writer.is_closing():
                 writer.writelines(send(rid, piece))
+                if _compat.WRITELINES_MAY_NOT_PAUSE:  # else drain() never yields to the reader
+                    _compat.pause_if_full(writer.transport)
                 sent += len(piece)
                 state.sent += len(piece)
                 await writer.drain()
