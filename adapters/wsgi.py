@@ -51,7 +51,8 @@ from fcgi_async.protocol import Role
 from fcgi_async.types import ClientDisconnected, Request
 
 if TYPE_CHECKING:
-    from wsgiref.types import WSGIApplication
+    # typeshed's spelling of wsgiref.types (3.11+) that also covers 3.10
+    from _typeshed.wsgi import WSGIApplication
 
 __all__ = ["FileWrapper", "Readable", "WSGIAdapter"]
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import difflib
 import json
-import tomllib
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any, Literal, get_args, get_origin
 
+from ._compat import tomllib
 from .config import Config, ConfigError
 from .settings import Declared, parse_octal, settable
 

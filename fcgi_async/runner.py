@@ -9,6 +9,7 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from . import _compat
 from .config import Config
 from .features import install_features
 from .importer import AppLoadError
@@ -92,5 +93,6 @@ def run(
     inherited: Sequence[socket.socket] = (),
 ) -> None:
     """Create the configured event loop and :func:`serve` on it until stopped."""
-    with asyncio.Runner(loop_factory=loop_factory(config.loop)) as runner:
-        runner.run(serve(config, app, sockets, ready=ready, inherited=inherited))
+    _compat.run_with_loop(
+        serve(config, app, sockets, ready=ready, inherited=inherited), loop_factory(config.loop)
+    )

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import NoReturn
 
+from . import _compat
 from .config import CRASH_LIMIT, CRASH_WINDOW_S, Config, ConfigError
 from .features import install_features
 from .logs import reopen_log_files
@@ -751,8 +752,9 @@ def _worker_main(
         logger.exception("worker %d: cannot load the application", os.getpid())
         return EXIT_APP_LOAD_FAILED
     board.heartbeat(slot, time.monotonic())
-    with asyncio.Runner(loop_factory=loop_factory(config.loop)) as runner:
-        return runner.run(_serve_worker(config, app, sockets, slot, board))
+    return _compat.run_with_loop(
+        _serve_worker(config, app, sockets, slot, board), loop_factory(config.loop)
+    )
 
 
 async def _serve_worker(

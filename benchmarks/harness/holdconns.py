@@ -113,14 +113,14 @@ async def main_async(args: argparse.Namespace) -> int:
         await asyncio.wait_for(
             asyncio.gather(*(one() for _ in range(args.count))), timeout=args.timeout
         )
-    except TimeoutError:
+    except asyncio.TimeoutError:
         failures.append("timeout")
     ok = len(writers)
     failed = args.count - ok
     reason = f" first_error={failures[0]!r}" if failures else ""
     print(f"READY ok={ok} failed={failed}{reason}", flush=True)
     loop = asyncio.get_running_loop()
-    with contextlib.suppress(TimeoutError):
+    with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(loop.run_in_executor(None, sys.stdin.read), timeout=args.hold)
     for writer in writers:
         writer.close()

@@ -323,7 +323,7 @@ class Peers:
             else:
                 opened = asyncio.open_connection(target[0], int(target[1]), limit=1 << 20)
             reader, writer = await asyncio.wait_for(opened, self.s.io_timeout_s)
-        except (OSError, TimeoutError) as exc:
+        except (OSError, asyncio.TimeoutError) as exc:
             st.connect_errors += 1
             st.errors[type(exc).__name__] += 1
             return None  # the caller's loop paces the retry (MIN_ROUND_S)
@@ -351,7 +351,7 @@ class Peers:
 
     async def pause(self, seconds: float) -> None:
         """Sleep, or less if the run stops."""
-        with contextlib.suppress(TimeoutError):
+        with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.stop.wait(), seconds)
 
     async def loop(self, kind: str, body: Callable[[], Awaitable[None]]) -> None:
@@ -360,7 +360,7 @@ class Peers:
             started = time.monotonic()
             try:
                 await body()
-            except (OSError, EOFError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            except (OSError, EOFError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
                 self.stats[kind].errors[type(exc).__name__] += 1
             if time.monotonic() - started < MIN_ROUND_S:
                 # A server that closes at once must not turn a slot into a connect storm.
@@ -421,7 +421,7 @@ class Peers:
                     break
                 if not await self.send(kind, writer, data[i : i + 1]):
                     break
-                with contextlib.suppress(TimeoutError):
+                with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(asyncio.shield(eof), self.s.slowloris_interval_s)
             if (eof.done() or writer.is_closing()) and not self.stop.is_set():
                 st.closed_by_server += 1
@@ -448,7 +448,7 @@ class Peers:
             while (left := deadline - time.monotonic()) > 0:
                 try:
                     rtype, _rid, content = await asyncio.wait_for(read_record(reader), left)
-                except TimeoutError:
+                except asyncio.TimeoutError:
                     break
                 except asyncio.IncompleteReadError:
                     st.closed_by_server += 1
@@ -486,7 +486,7 @@ class Peers:
             for i in range(0, len(data), 65536):
                 if eof.done() or not await self.send(kind, writer, data[i : i + 65536]):
                     break
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(eof), self.s.flood_params_hold_s)
             if (eof.done() or writer.is_closing()) and not self.stop.is_set():
                 st.closed_by_server += 1
@@ -605,7 +605,7 @@ class Peers:
                         st.events["abort_unanswered"] += 1
                 if len(in_flight) >= self.s.abort_in_flight:
                     answered.clear()
-                    with contextlib.suppress(TimeoutError):
+                    with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(answered.wait(), 1.0)
                     st.events["waits_for_answers"] += 1
                     continue
@@ -623,7 +623,7 @@ class Peers:
                     # Mid-answer: the abort follows the answer's first bytes.
                     first_output[rid] = started = asyncio.Event()
                     ok = await self.send(kind, writer, req)
-                    with contextlib.suppress(TimeoutError):
+                    with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(started.wait(), self.s.io_timeout_s)
                     first_output.pop(rid, None)
                     ok = ok and await self.send(kind, writer, record(ABORT_REQUEST, rid))
@@ -703,7 +703,7 @@ class Peers:
         """Run ``body`` once, counting its failure by class."""
         try:
             await body()
-        except (OSError, EOFError, TimeoutError, asyncio.IncompleteReadError) as exc:
+        except (OSError, EOFError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
             self.stats[kind].errors[type(exc).__name__] += 1
 
     def tasks(self, kinds: tuple[str, ...] = KINDS) -> list[Awaitable[None]]:
@@ -755,7 +755,7 @@ async def run(
         loop.add_signal_handler(sig, peers.stop.set)
     started = time.monotonic()
     tasks = [asyncio.ensure_future(t) for t in peers.tasks(kinds)]
-    with contextlib.suppress(TimeoutError):
+    with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(peers.stop.wait(), duration_s)
     peers.stop.set()
     _done, pending = await asyncio.wait(tasks, timeout=STOP_GRACE_S)

@@ -184,7 +184,7 @@ async def _probe_async(port: int, path: str, connections: int, timeout_s: float)
     tasks = [asyncio.ensure_future(one()) for _ in range(connections)]
     try:
         await asyncio.wait_for(all_done.wait(), timeout_s)
-    except TimeoutError:
+    except asyncio.TimeoutError:
         pass
     finally:
         for task in tasks:

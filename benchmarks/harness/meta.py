@@ -112,7 +112,7 @@ def loadavg() -> list[float]:
 
 
 def now_utc() -> str:
-    return datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
 
 
 def host() -> dict[str, Any]:

@@ -77,6 +77,7 @@ from http import HTTPStatus
 from typing import IO, Any, Final, TypeVar
 from urllib.parse import quote_from_bytes
 
+from .. import _compat
 from .address import Address
 from .errors import FastCGIError, Timeout
 from .params import DEFAULT_SPLIT_PATH_INFO, build_params, normalize_decoded_path
@@ -605,7 +606,7 @@ class _BodyReader:
         """
         while True:
             try:
-                async with asyncio.timeout(self.timeout):
+                async with _compat.timeout(self.timeout):
                     message = await self.receive()
             except TimeoutError:
                 raise _BodyTimeout from None
@@ -749,7 +750,7 @@ class FastCGIApp:
         except asyncio.CancelledError:
             if not left:
                 raise
-            task.uncancel()
+            _compat.uncancel(task)
             logger.debug("%s: the client left; request aborted", inc.show())
         finally:
             if watcher is not None:

@@ -149,7 +149,7 @@ class FastCGIBalancer:
         body: Body = None,
         *,
         role: Role = Role.RESPONDER,
-        timeout: float | None = None,  # noqa: ASYNC109 - a per-request deadline is the API
+        timeout: float | None = None,
         timeouts: Timeouts | None = None,
         max_response_bytes: MaxBytes = USE_CLIENT_DEFAULT,
     ) -> Response:
@@ -193,7 +193,7 @@ class FastCGIBalancer:
         body: Body = None,
         *,
         role: Role = Role.RESPONDER,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
         timeouts: Timeouts | None = None,
         max_response_bytes: MaxBytes = USE_CLIENT_DEFAULT,
     ) -> AsyncIterator[StreamingResponse]:

@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Final
 
+from .. import _compat
 from ..protocol import (
     NEED_DATA,
     ClientConnection,
@@ -418,7 +419,7 @@ class Connection:
 
     async def _open(self, connect_timeout: float | None) -> None:
         try:
-            async with asyncio.timeout(connect_timeout):
+            async with _compat.timeout(connect_timeout):
                 reader, writer = await open_stream(self.address)
         except TimeoutError:
             self._set_closed()
@@ -440,6 +441,8 @@ class Connection:
         if self.state != State.READY or writer is None or writer.is_closing():
             raise ConnectionLost(f"connection to {self.address} is closed")
         writer.writelines(buffers)
+        if _compat.WRITELINES_MAY_NOT_PAUSE:  # else drain() never waits for a slow server
+            _compat.pause_if_full(writer.transport)
 
     def _free_id(self) -> int:
         rid = 1
@@ -693,7 +696,7 @@ class Connection:
         if writer is None:
             return
         with contextlib.suppress(Exception):
-            async with asyncio.timeout(1.0):
+            async with _compat.timeout(1.0):
                 await writer.wait_closed()
 
 

@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from typing import Final, Literal, TypeAlias
 
+from .. import _compat
 from ..protocol import (
     FCGI_MAX_CONNS,
     FCGI_MAX_REQS,
@@ -563,7 +564,7 @@ class FastCGIClient:
         body: Body = None,
         *,
         role: Role = Role.RESPONDER,
-        timeout: float | None = None,  # noqa: ASYNC109 - a per-request deadline is the API
+        timeout: float | None = None,  # a per-request deadline is the API
         timeouts: Timeouts | None = None,
         max_response_bytes: MaxBytes = USE_CLIENT_DEFAULT,
     ) -> Response:
@@ -602,7 +603,7 @@ class FastCGIClient:
         body: Body = None,
         *,
         role: Role = Role.RESPONDER,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
         timeouts: Timeouts | None = None,
         max_response_bytes: MaxBytes = USE_CLIENT_DEFAULT,
     ) -> AsyncIterator[StreamingResponse]:
@@ -649,7 +650,7 @@ class FastCGIClient:
         self,
         names: Iterable[str] = DEFAULT_VALUE_NAMES,
         *,
-        timeout: float = 5.0,  # noqa: ASYNC109
+        timeout: float = 5.0,
     ) -> dict[str, str]:
         """Ask the server GET_VALUES on a fresh connection (spec §4.1); see :func:`get_values`."""
         return await get_values(self.address, names, timeout=timeout)
@@ -762,7 +763,7 @@ async def query_values(
     except LocalProtocolError as exc:
         raise ValueError(str(exc)) from None
     try:
-        async with asyncio.timeout(connect_timeout):
+        async with _compat.timeout(connect_timeout):
             reader, writer = await open_stream(address)
     except TimeoutError:
         raise Timeout(f"connect to {address} timed out", "connect") from None
@@ -770,7 +771,7 @@ async def query_values(
         raise ConnectError(f"cannot connect to {address}: {exc.strerror or exc}") from exc
     try:
         writer.write(question)
-        async with asyncio.timeout(answer_timeout):
+        async with _compat.timeout(answer_timeout):
             while True:
                 data = await reader.read(65536)
                 if not data:
@@ -792,7 +793,7 @@ async def query_values(
     finally:
         writer.close()
         with contextlib.suppress(Exception):
-            async with asyncio.timeout(1.0):
+            async with _compat.timeout(1.0):
                 await writer.wait_closed()
 
 
@@ -800,7 +801,7 @@ async def get_values(
     address: str | Address,
     names: Iterable[str] = DEFAULT_VALUE_NAMES,
     *,
-    timeout: float = 5.0,  # noqa: ASYNC109
+    timeout: float = 5.0,
 ) -> dict[str, str]:
     """Ask a FastCGI server for its management values (spec §4.1).
 

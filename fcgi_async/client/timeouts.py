@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar
 
+from .. import _compat
 from .errors import Timeout
 
 #: Seconds to wait for a TCP or unix-socket connect. A local php-fpm accepts in microseconds;
@@ -130,7 +131,7 @@ class Budget:
         configured = self.timeouts.total if which == "total" else seconds
         if seconds <= 0:
             raise Timeout(f"{which} timeout of {configured:g} s expired", which)
-        cm = asyncio.timeout(seconds)
+        cm = _compat.timeout(seconds)
         try:
             async with cm:
                 yield

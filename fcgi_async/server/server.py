@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import socket
-import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from .. import _compat
 from ..types import Application
 from .connection import FastCGIProtocol
 from .listeners import close_listeners, describe, open_listeners
@@ -26,15 +27,19 @@ TICK_INTERVAL_S = 1.0
 
 
 def _unix_server_options(loop: asyncio.AbstractEventLoop) -> dict[str, Any]:
-    """Keep asyncio (3.13+) from unlinking a unix socket's file when its server closes.
+    """Keep the loop from unlinking a unix socket's file when its server closes.
 
     The file is removed by whoever bound it (:func:`close_listeners`); a draining prefork
-    worker must leave the path its siblings still listen on. uvloop neither unlinks nor
-    takes the argument.
+    worker must leave the path its siblings still listen on, and a socket inherited from
+    systemd or the web server is never ours to remove. asyncio on 3.13+ and uvloop 0.22+
+    (on every Python; by default on 3.13+) take ``cleanup_socket`` and unlink unless told
+    not to; older loops neither take it nor unlink. Called once per listener at start.
     """
-    if sys.version_info >= (3, 13) and isinstance(loop, asyncio.BaseEventLoop):
-        return {"cleanup_socket": False}
-    return {}
+    try:
+        params = inspect.signature(loop.create_unix_server).parameters
+    except (TypeError, ValueError):  # no signature to read: a loop that predates the option
+        return {}
+    return {"cleanup_socket": False} if "cleanup_socket" in params else {}
 
 
 class Server:
@@ -218,7 +223,8 @@ class Server:
                 "waiting up to %.0f s for %d running request(s)", timeout, state.active_requests
             )
             try:
-                await asyncio.wait_for(state.idle_event.wait(), timeout)
+                async with _compat.timeout(timeout):
+                    await state.idle_event.wait()
             except TimeoutError:
                 logger.warning("graceful timeout: cancelling %d request(s)", state.active_requests)
         tasks = [task for task in state.tasks if not task.done()]

@@ -25,6 +25,7 @@ from fcgi_async.adapters.asgi import (
     Send,
 )
 
+from fcgi_async import _compat
 from fcgi_async.protocol import Role
 from fcgi_async.types import Application, ClientDisconnected
 
@@ -1251,7 +1252,8 @@ async def test_lifespan_startup_cancelled_cancels_the_lifespan_task() -> None:
 
     adapter = ASGIAdapter(app)
     with pytest.raises(TimeoutError):
-        await asyncio.wait_for(adapter.startup(), 0.05)
+        async with _compat.timeout(0.05):
+            await adapter.startup()
     await asyncio.wait_for(cancelled.wait(), 5)
     await adapter.shutdown()  # nothing to shut down
 

@@ -25,6 +25,7 @@ from fcgi_async.adapters.wsgi import (
     WSGIAdapter,
 )
 
+from fcgi_async import _compat
 from fcgi_async.protocol import Role
 from fcgi_async.types import Application, ClientDisconnected
 
@@ -55,7 +56,7 @@ def on_loop(loop: asyncio.AbstractEventLoop, func: Callable[[], object]) -> None
 async def until(predicate: Callable[[], bool]) -> None:
     """Poll until ``predicate()`` holds: the worker thread changes plain Python state, which
     no asyncio primitive can signal, so the loop has to look."""
-    async with asyncio.timeout(5):
+    async with _compat.timeout(5):
         while not predicate():  # noqa: ASYNC110
             await asyncio.sleep(0.002)
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
 
+from fcgi_async import _compat
 from fcgi_async.protocol import (
     NEED_DATA,
     RequestAborted,
@@ -95,7 +96,7 @@ async def fake_server(
         for writer in state.writers:
             writer.close()
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(2):
+            async with _compat.timeout(2):
                 await srv.wait_closed()
 
 
@@ -154,6 +155,8 @@ async def flood_server(
                 sent += len(head)
             while sent < limit and not stop.is_set() and not writer.is_closing():
                 writer.writelines(send(rid, piece))
+                if _compat.WRITELINES_MAY_NOT_PAUSE:  # else drain() never yields to the reader
+                    _compat.pause_if_full(writer.transport)
                 sent += len(piece)
                 state.sent += len(piece)
                 await writer.drain()
@@ -216,5 +219,5 @@ async def flood_server(
         for writer in state.writers:
             writer.close()
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(2):
+            async with _compat.timeout(2):
                 await srv.wait_closed()

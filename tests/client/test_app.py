@@ -30,6 +30,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
+from fcgi_async import _compat
 from fcgi_async.client import FastCGIApp, FastCGIWSGIApp, Timeouts
 
 from .conftest import PhpFpm
@@ -320,7 +321,7 @@ async def test_client_leaving_mid_response_aborts_the_request(
     loop = asyncio.get_running_loop()
     started = loop.time()
     try:
-        async with asyncio.timeout(30):
+        async with _compat.timeout(30):
             await legacy(scope, receive, send)
     finally:
         await legacy.aclose()
@@ -332,11 +333,10 @@ async def test_client_leaving_mid_response_aborts_the_request(
 
 
 async def test_concurrent_requests_keep_their_answers(php_fpm: PhpFpm, tmp_path: Path) -> None:
-    async with starlette_client(php_fpm, tmp_path) as (http, _):
-        async with asyncio.timeout(60):
-            answers = await asyncio.gather(
-                *(http.post(f"/legacy/info.php?i={i}", content=b"x" * i) for i in range(12))
-            )
+    async with starlette_client(php_fpm, tmp_path) as (http, _), _compat.timeout(60):
+        answers = await asyncio.gather(
+            *(http.post(f"/legacy/info.php?i={i}", content=b"x" * i) for i in range(12))
+        )
     assert [r.json()["get"]["i"] for r in answers] == [str(i) for i in range(12)]
     assert [r.json()["input_length"] for r in answers] == list(range(12))
 
@@ -416,9 +416,11 @@ async def test_slow_script_is_504(
     php_fpm: PhpFpm, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     timeouts = Timeouts(connect=5.0, pool=5.0, read=0.3, write=5.0)
-    async with starlette_client(php_fpm, tmp_path, timeouts=timeouts) as (http, _):
-        async with asyncio.timeout(30):
-            r = await http.get("/legacy/slow.php?ms=1500")
+    async with (
+        starlette_client(php_fpm, tmp_path, timeouts=timeouts) as (http, _),
+        _compat.timeout(30),
+    ):
+        r = await http.get("/legacy/slow.php?ms=1500")
     assert r.status_code == 504
     lines = error_lines(caplog)
     assert len(lines) == 1
@@ -435,14 +437,16 @@ async def test_php_fpm_pool_at_its_limit_gives_a_gateway_error(
     async with starlette_client(php_fpm, tmp_path) as (busy, _):
         hogs = [asyncio.ensure_future(busy.get("/legacy/slow.php?ms=2500")) for _ in range(2)]
         try:
-            async with starlette_client(php_fpm, tmp_path, timeouts=timeouts) as (http, _):
-                async with asyncio.timeout(30):
-                    # Wait (bounded) until the hogs hold both workers: a quick script times out.
-                    for _ in range(200):
-                        r = await http.get("/legacy/info.php")
-                        if r.status_code != 200:
-                            break
-                        await asyncio.sleep(0.05)
+            async with (
+                starlette_client(php_fpm, tmp_path, timeouts=timeouts) as (http, _),
+                _compat.timeout(30),
+            ):
+                # Wait (bounded) until the hogs hold both workers: a quick script times out.
+                for _ in range(200):
+                    r = await http.get("/legacy/info.php")
+                    if r.status_code != 200:
+                        break
+                    await asyncio.sleep(0.05)
         finally:
             done = await asyncio.gather(*hogs)
     assert r.status_code == 504

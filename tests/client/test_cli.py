@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from fcgi_async import _compat
 from fcgi_async import cli as top_cli
 from fcgi_async.client.cli import (
     EXIT_CONNECT,
@@ -195,7 +196,7 @@ async def test_max_filesize_aborts_a_large_body(capsysbinary: pytest.CaptureFixt
         out = capsysbinary.readouterr()
         assert len(out.out) <= 1024 * 1024
         assert b"--max-filesize" in out.err
-        async with asyncio.timeout(10):
+        async with _compat.timeout(10):
             await server.closed.wait()
         assert not server.exhausted.is_set()
     async with flood_server(limit=4 * 1024 * 1024) as server:

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from fcgi_async import _compat
 from fcgi_async.client import (
     FastCGIClient,
     FastCGITransport,
@@ -104,7 +105,7 @@ async def silent_server() -> AsyncIterator[tuple[str, asyncio.Event, list[int]]]
         for writer in writers:
             writer.close()
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(2):
+            async with _compat.timeout(2):
                 await srv.wait_closed()
 
 
@@ -123,7 +124,7 @@ async def test_server_that_never_answers_hits_the_read_timeout() -> None:
         assert info.value.phase == "read"
         assert 0.3 <= elapsed < WAIT_S
         assert received[0] > 0  # the request did reach the server
-        async with asyncio.timeout(WAIT_S):
+        async with _compat.timeout(WAIT_S):
             await closed.wait()
 
 
@@ -137,7 +138,7 @@ async def test_server_that_never_answers_hits_the_total_timeout() -> None:
         with pytest.raises(Timeout) as info:
             await client.request(PLAIN)
         assert info.value.phase == "total"
-        async with asyncio.timeout(WAIT_S):
+        async with _compat.timeout(WAIT_S):
             await closed.wait()
 
 
@@ -155,7 +156,7 @@ async def test_endless_body_is_capped_and_aborted(multiplex: bool) -> None:
             await client.request(FLOOD)
         assert (info.value.part, info.value.limit) == ("body", CAP)
         stopped = server.aborted if multiplex else server.closed
-        async with asyncio.timeout(WAIT_S):
+        async with _compat.timeout(WAIT_S):
             await stopped.wait()
         assert not server.exhausted.is_set()
         assert client.multiplexing is multiplex
@@ -177,7 +178,7 @@ async def test_aread_is_capped_but_aiter_bytes_is_not() -> None:
             with pytest.raises(ResponseTooLarge):
                 await response.aread()
             assert response.is_closed
-        async with asyncio.timeout(WAIT_S):
+        async with _compat.timeout(WAIT_S):
             await server.closed.wait()
         async with client.stream(FLOOD) as response:
             received = sum([len(chunk) async for chunk in response.aiter_bytes()])
@@ -225,7 +226,7 @@ async def test_endless_stderr_is_capped_and_aborted(multiplex: bool) -> None:
         assert (info.value.part, info.value.limit) == ("stderr", CAP)
         assert seen[0] <= CAP  # the callback saw STDERR up to the cap, not past it
         stopped = server.aborted if multiplex else server.closed
-        async with asyncio.timeout(WAIT_S):
+        async with _compat.timeout(WAIT_S):
             await stopped.wait()
         assert not server.exhausted.is_set()
         assert (await client.request(PLAIN)).body == b"ok"
@@ -242,7 +243,7 @@ async def test_stderr_is_capped_while_streaming_too() -> None:
                     pass
             assert info.value.part == "stderr"
             assert len(response.stderr) <= 1024 * 1024  # max_stderr_bytes kept, no more
-        async with asyncio.timeout(WAIT_S):
+        async with _compat.timeout(WAIT_S):
             await server.closed.wait()
 
 
@@ -256,7 +257,7 @@ async def test_endless_header_block_is_refused() -> None:
         with pytest.raises(ResponseTooLarge) as info:
             await client.request(FLOOD)
         assert (info.value.part, info.value.limit) == ("head", 16 * 1024)
-        async with asyncio.timeout(WAIT_S):
+        async with _compat.timeout(WAIT_S):
             await server.closed.wait()
         assert (await client.request(PLAIN)).body == b"ok"
 

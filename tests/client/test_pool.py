@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from fcgi_async import _compat
 from fcgi_async.client import (
     CantMultiplex,
     ConnectError,
@@ -234,7 +235,7 @@ async def test_cancel_sends_abort_when_multiplexing() -> None:
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            async with asyncio.timeout(5):
+            async with _compat.timeout(5):
                 await gone.wait()
             # The same connection still serves requests.
             assert (await client.request(build_params("GET", "/x"))).body == b"fast"
@@ -262,12 +263,12 @@ async def test_cancel_closes_the_connection_when_not_multiplexing() -> None:
     async with serve(app) as (_, address, _app), recording_proxy(address) as proxy:
         async with FastCGIClient(proxy.address, multiplex=False) as client:
             task = asyncio.create_task(client.request(build_params("GET", "/slow")))
-            async with asyncio.timeout(5):
+            async with _compat.timeout(5):
                 await entered.wait()
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            async with asyncio.timeout(5):
+            async with _compat.timeout(5):
                 await gone.wait()
             assert (await client.request(build_params("GET", "/x"))).body == b"fast"
             assert [c.served for c in client.connections] == [1]
@@ -286,7 +287,7 @@ async def test_closing_a_stream_early_closes_a_plain_connection() -> None:
     async with serve(app) as (_, address, _app), FastCGIClient(address, multiplex=False) as client:
         async with client.stream({}) as response:
             assert response.status_code == 200
-        async with asyncio.timeout(5):
+        async with _compat.timeout(5):
             await gone.wait()
         assert client.connections == [] or all(c.is_closed() for c in client.connections)
 
@@ -302,13 +303,13 @@ async def test_timeouts() -> None:
         with pytest.raises(Timeout) as info:
             await client.request({}, timeout=0.2)
         assert info.value.phase == "total"
-        async with asyncio.timeout(5):
+        async with _compat.timeout(5):
             await seen_disconnect.wait()
         seen_disconnect.clear()
         with pytest.raises(Timeout) as info:
             await client.request({}, timeouts=Timeouts(read=0.1))
         assert info.value.phase == "read"
-        async with asyncio.timeout(5):
+        async with _compat.timeout(5):
             await seen_disconnect.wait()
 
 
@@ -439,7 +440,7 @@ async def test_cant_multiplex_falls_back_and_retries() -> None:
         FastCGIClient(address, multiplex=True) as client,
     ):
         first = asyncio.create_task(client.request({}))
-        async with asyncio.timeout(5):
+        async with _compat.timeout(5):
             await app_seen.arrived.wait()  # the first request runs on the server
         # A streamed body cannot be sent twice: the refusal reaches the caller.
         with pytest.raises(CantMultiplex):
@@ -465,11 +466,11 @@ async def test_rejections_are_typed() -> None:
         with pytest.raises(UnknownRole):
             await client.request({}, role=Role.AUTHORIZER)
         first = asyncio.create_task(client.request({}))
-        async with asyncio.timeout(5):
+        async with _compat.timeout(5):
             await seen.arrived.wait()
         # Bounded: a refusal is immediate; a request that runs would wait for `release`.
         with pytest.raises(Overloaded):
-            async with asyncio.timeout(5):
+            async with _compat.timeout(5):
                 await client.request({})
         assert len(client.connections) == 1
         release.set()

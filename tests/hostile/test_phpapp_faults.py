@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from fcgi_async import _compat
 from fcgi_async.client import ConnectionLost, FastCGIApp, FastCGIWSGIApp, Timeouts
 from fcgi_async.protocol import (
     NEED_DATA,
@@ -78,7 +79,7 @@ async def call(
         "client": ("127.0.0.1", 40000),
         "server": ("127.0.0.1", 8000),
     }
-    async with asyncio.timeout(BOUND_S):
+    async with _compat.timeout(BOUND_S):
         await app(scope, receive, send)
     return sent
 
@@ -121,7 +122,7 @@ async def raw_server(
         for writer in writers:
             writer.close()
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(2):
+            async with _compat.timeout(2):
                 await srv.wait_closed()
 
 
@@ -191,7 +192,7 @@ async def test_close_after_the_head_cuts_the_response(caplog: pytest.LogCaptureF
     async with fake_server(close_mid_response=True, response=body) as s:
         app = app_for(s.address)
         try:
-            async with asyncio.timeout(BOUND_S):
+            async with _compat.timeout(BOUND_S):
                 with pytest.raises(ConnectionLost):
                     await app(
                         {"type": "http", "method": "GET", "path": "/p", "headers": []},
@@ -248,7 +249,7 @@ async def test_wsgi_close_after_the_head_raises_from_the_body(
     async with fake_server(close_mid_response=True, response=body) as server:
         app = FastCGIWSGIApp(server.address, script_filename=SCRIPT, multiplex=False)
         try:
-            async with asyncio.timeout(BOUND_S):
+            async with _compat.timeout(BOUND_S):
                 with pytest.raises(ConnectionLost):
                     await asyncio.to_thread(run_wsgi, app, wsgi_environ())
         finally:
@@ -265,7 +266,7 @@ async def test_wsgi_short_body_is_400() -> None:
             REQUEST_METHOD="POST", CONTENT_LENGTH="100", **{"wsgi.input": io.BytesIO(b"short")}
         )
         try:
-            async with asyncio.timeout(BOUND_S):
+            async with _compat.timeout(BOUND_S):
                 statuses, _ = await asyncio.to_thread(run_wsgi, app, environ)
         finally:
             await asyncio.to_thread(app.close)
@@ -312,7 +313,7 @@ async def test_stalled_body_is_408(declared: bool, caplog: pytest.LogCaptureFixt
         app = app_for(server.address, body_timeout=0.3)
         scope = {"type": "http", "method": "POST", "path": "/p", "headers": headers}
         try:
-            async with asyncio.timeout(BOUND_S):
+            async with _compat.timeout(BOUND_S):
                 await app(scope, receive, send)
         finally:
             await app.aclose()
@@ -368,7 +369,7 @@ async def head_first_server(resume: asyncio.Event) -> AsyncIterator[tuple[str, l
         for writer in writers:
             writer.close()
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(2):
+            async with _compat.timeout(2):
                 await srv.wait_closed()
 
 
@@ -399,7 +400,7 @@ async def test_head_before_a_spooled_body_was_sent(caplog: pytest.LogCaptureFixt
     async with head_first_server(resume) as (address, sizes):
         app = app_for(address)
         try:
-            async with asyncio.timeout(BOUND_S):
+            async with _compat.timeout(BOUND_S):
                 await app(scope, receive, send)
         finally:
             await app.aclose()

@@ -22,6 +22,7 @@ import pytest
 from fcgi_async.adapters.asgi import ASGIAdapter
 from fcgi_async.adapters.wsgi import WSGIAdapter
 
+from fcgi_async import _compat
 from fcgi_async.config import Config
 from fcgi_async.protocol import (
     FCGI_MAX_CONNS,
@@ -126,7 +127,7 @@ class Peer:
         return True
 
     async def until(self, done: Callable[[list[ClientEvent]], bool], within_s: float = 5.0) -> None:
-        async with asyncio.timeout(within_s):
+        async with _compat.timeout(within_s):
             while not done(self.events):
                 if not await self.read_more():
                     raise AssertionError(f"EOF before the answer; events so far {self.events}")
@@ -161,7 +162,7 @@ class Peer:
     async def eof(self, within_s: float = 5.0) -> bytes:
         """Read until the server closes; return the raw bytes that came before."""
         rest = bytearray()
-        async with asyncio.timeout(within_s):
+        async with _compat.timeout(within_s):
             try:
                 while data := await self.reader.read(65536):
                     rest += data
@@ -521,7 +522,7 @@ async def test_a_broken_peer_loses_only_its_own_connection(
     broken.send(bad(broken))
     closed = asyncio.ensure_future(broken.eof(within_s=5))
     answered = 0
-    async with asyncio.timeout(10):
+    async with _compat.timeout(10):
         while not closed.done():
             answer = await good.request({b"TAG": b"%d" % answered}, b"body")
             assert answer.body == b"%d:body" % answered
@@ -635,7 +636,7 @@ async def test_100_mb_to_a_slow_reader_keeps_the_write_buffer_bounded(
     # Then it reads, slowly: small reads with a yield between them.
     received = 0
     ended = False
-    async with asyncio.timeout(60):
+    async with _compat.timeout(60):
         while not ended:
             data = await peer.reader.read(32768)
             assert data, "EOF before END_REQUEST"
@@ -670,7 +671,7 @@ async def test_graceful_shutdown_lets_a_running_request_finish(
     busy = await connect(server, peers)
     idle = await connect(server, peers)
     busy.send(busy.frame(1))
-    async with asyncio.timeout(5):
+    async with _compat.timeout(5):
         await started.wait()
     await wait_until(lambda: len(server.state.connections) == 2)
     stopping = asyncio.ensure_future(servers.stop(server, graceful_timeout_s=10))
@@ -683,7 +684,7 @@ async def test_graceful_shutdown_lets_a_running_request_finish(
     assert not stopping.done()
     gate.set()
     assert (await busy.answer(1)).body == b"finished"
-    async with asyncio.timeout(5):
+    async with _compat.timeout(5):
         await stopping
     assert await busy.eof() == b""
 
@@ -738,6 +739,26 @@ async def test_unix_socket_serves_and_is_removed_at_shutdown(
     assert (await peer.request({b"TAG": b"unix"}, b"b")).body == b"unix:b"
     await servers.stop(server)
     assert not path.exists()
+    assert app.lifecycle == ["startup", "shutdown"]
+
+
+async def test_an_inherited_unix_socket_file_outlives_the_server(
+    peers: list[Peer], short_tmp: Path
+) -> None:
+    # systemd's or the web server's socket is never ours to remove, and a draining prefork
+    # worker leaves the path its siblings listen on: asyncio 3.13+ and uvloop 0.22+ unlink
+    # the file at close unless told not to (cleanup_socket).
+    path = short_tmp / "inherited.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen()
+    app = App(echo)
+    async with Server(Config(), app, inherited=[listener]) as server:
+        peer = await connect(server, peers)
+        assert (await peer.request({b"TAG": b"kept"})).body == b"kept:"
+        await server.shutdown()
+    listener.close()
+    assert path.exists()
     assert app.lifecycle == ["startup", "shutdown"]
 
 

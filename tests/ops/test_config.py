@@ -7,11 +7,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import tomllib
 from pathlib import Path
 
 import pytest
 
+from fcgi_async._compat import tomllib
 from fcgi_async.cli import main, resolve_settings
 from fcgi_async.config import Config
 from fcgi_async.configfile import ConfigFileError, load_config_file, parse_config_values
