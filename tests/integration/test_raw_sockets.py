@@ -931,7 +931,7 @@ async def _flood(sock: socket.socket, chunk: bytes) -> int:
     while sent < FLOOD_MAX_BYTES and time.monotonic() < deadline:
         try:
             await asyncio.wait_for(loop.sock_sendall(sock, chunk), STALL_S)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # TimeoutError itself on 3.11+, not on 3.10
             break
         sent += len(chunk)
     return sent

@@ -178,7 +178,9 @@ async def test_unfinished_params_over_the_budget_close_the_connection(
     half = raw_record(RecordType.PARAMS, 1, b"p" * 30_000)
     with caplog.at_level(logging.WARNING, "fcgi_async.server"):
         for rid in (1, 2, 3):
-            h.feed(h.client.begin_request(rid), half.replace(b"\x00\x01", rid.to_bytes(2), 1))
+            h.feed(
+                h.client.begin_request(rid), half.replace(b"\x00\x01", rid.to_bytes(2, "big"), 1)
+            )
             assert not h.transport.closed, "90000 bytes of params fit in 100000"
         h.feed(h.client.begin_request(4), half.replace(b"\x00\x01", b"\x00\x04", 1))
     assert h.transport.closed
